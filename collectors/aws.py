@@ -1,0 +1,122 @@
+"""The one factory for boto3 sessions and clients, and the environment for the `aws` CLI.
+
+In sandbox mode every client refuses any endpoint that is not on loopback, so a mistake in a
+test or a demo can never send a request to real AWS (or anywhere else).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import urllib.parse
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from collectors.errors import SandboxError, UsageError
+from collectors.settings import Settings
+
+LOOPBACK_HOSTS = ("localhost",)
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def _refuse_non_loopback(request: Any, **_: Any) -> None:
+    if not is_loopback_url(request.url):
+        raise SandboxError(f"sandbox mode: refusing a request to a non-loopback endpoint {request.url.split('?')[0]}")
+
+
+class Aws:
+    """Clients for one settings object; one client per service, shared by threads (boto3 clients are thread safe)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._clients: dict[str, Any] = {}
+        if settings.sandbox:
+            check_sandbox_environment()
+        try:
+            self.session = boto3.Session(region_name=settings.region, profile_name=settings.profile)
+        except botocore.exceptions.ProfileNotFound as exc:
+            raise UsageError(str(exc)) from None
+        if not self.session.region_name:
+            raise UsageError("no AWS region: pass --region or set AWS_REGION / a profile region")
+
+    @property
+    def region(self) -> str:
+        return self.session.region_name
+
+    def client(self, service: str) -> Any:
+        with self._lock:
+            if service not in self._clients:
+                self._clients[service] = self._make_client(service)
+            return self._clients[service]
+
+    def _make_client(self, service: str) -> Any:
+        # Adaptive retries smooth throttling storms when many threads share one client.
+        config = botocore.config.Config(
+            retries={"mode": "adaptive", "max_attempts": 5},
+            max_pool_connections=max(10, self.settings.max_workers * 2),
+            connect_timeout=10,
+            read_timeout=60,
+        )
+        client = self.session.client(service, config=config)
+        if self.settings.sandbox:
+            client.meta.events.register("before-send", _refuse_non_loopback)
+            if not is_loopback_url(client.meta.endpoint_url):
+                raise SandboxError(f"sandbox mode: {service} endpoint {client.meta.endpoint_url} is not on loopback; "
+                                   'run `eval "$(invoke sandbox.env)"` first')
+        return client
+
+    def cli_env(self) -> dict[str, str]:
+        """Environment for `aws` CLI children: same region and profile as our boto3 session."""
+        env = dict(os.environ)
+        env["AWS_DEFAULT_REGION"] = self.region
+        if self.settings.profile:
+            env["AWS_PROFILE"] = self.settings.profile
+        if self.settings.sandbox:
+            env["AWS_EC2_METADATA_DISABLED"] = "true"
+        return env
+
+
+def check_sandbox_environment() -> None:
+    """The CLI children cannot carry our hook, so in sandbox mode the environment itself must point at loopback."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+    if not endpoint or not is_loopback_url(endpoint):
+        raise SandboxError('sandbox mode needs AWS_ENDPOINT_URL on loopback: run `eval "$(invoke sandbox.env)"` first')
+    if os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
+        raise SandboxError("sandbox mode: AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true would send requests to real AWS")
+    for name, value in os.environ.items():
+        if name.startswith("AWS_ENDPOINT_URL_") and not is_loopback_url(value):
+            raise SandboxError(f"sandbox mode: {name}={value} is not on loopback")
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return exc.response.get("Error", {}).get("Code", "")
+    return ""
+
+
+def describe_aws_error(exc: BaseException) -> str:
+    """One line for the user, without request ids or signatures."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        return f"{err.get('Code', 'Error')}: {err.get('Message', '')}".strip()
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return "no AWS credentials found (set a profile with --profile, or AWS_* variables)"
+    return str(exc)
+
+
+AWS_ENVIRONMENT_ERRORS = (
+    botocore.exceptions.NoCredentialsError,
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.TokenRetrievalError,
+)

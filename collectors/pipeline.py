@@ -1,0 +1,86 @@
+"""Stage order and prerequisites: run one stage, or all of them, and checkpoint the state.
+
+Every stage module has the same `execute(ctx)` shape and returns an exit code (or None for 0).
+AWS errors are turned into our own errors here, once, so stages stay about their one job.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import botocore.exceptions
+
+from collectors.aws import Aws, describe_aws_error
+from collectors.context import StageContext
+from collectors.errors import EXIT_OK, Interrupted, StageError, UsageError
+from collectors.settings import Settings
+from collectors.stages import discover, download, kubectl, render, run, summarize, upload
+from collectors.state import RunState
+
+STAGES: dict[str, Callable[[StageContext], int | None]] = {
+    "discover": discover.execute,
+    "render": render.execute,
+    "upload": upload.execute,
+    "kubectl": kubectl.execute,
+    "run": run.execute,
+    "summarize": summarize.execute,
+    "download": download.execute,
+}
+CONFIGURATION_ERRORS = (
+    botocore.exceptions.NoCredentialsError,
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.ProfileNotFound,
+    botocore.exceptions.NoRegionError,
+    botocore.exceptions.TokenRetrievalError,
+)
+
+
+def run_stage(name: str, settings: Settings, options: dict[str, Any]) -> int:
+    """One stage on the latest run of the cluster (or `--run-id`); discover starts a new run."""
+    cluster = settings.require_cluster()
+    aws = Aws(settings)
+    run_id = options.get("run_id")
+    if name == "discover" and not run_id:
+        return _in_new_run(settings, aws, cluster, options, ["discover"])
+    state = RunState.load(settings.runs_dir, cluster, run_id)
+    with state.locked():
+        return _execute(name, StageContext(settings, state, aws, options))
+
+
+def collect(settings: Settings, options: dict[str, Any]) -> int:
+    """All stages in order in a new run; the exit code is the worst of them."""
+    cluster = settings.require_cluster()
+    settings.require_s3_path()  # a malformed path fails before anything is created
+    aws = Aws(settings)
+    order = ["discover", "render", "upload", "kubectl", "run", "summarize"]
+    if options.get("download", True):
+        order.append("download")
+    return _in_new_run(settings, aws, cluster, options, order)
+
+
+def _in_new_run(settings: Settings, aws: Aws, cluster: str, options: dict[str, Any], order: list[str]) -> int:
+    state = RunState.create(settings.runs_dir, cluster)
+    with state.locked():
+        ctx = StageContext(settings, state, aws, options)
+        try:
+            _execute("discover", ctx)
+        except UsageError:
+            state.discard()  # nothing was collected; do not leave an empty run behind as "latest"
+            raise
+        return max([EXIT_OK] + [_execute(name, ctx) for name in order[1:]])
+
+
+def _execute(name: str, ctx: StageContext) -> int:
+    try:
+        return STAGES[name](ctx) or EXIT_OK
+    except KeyboardInterrupt:
+        ctx.state.mark_stage(name, "interrupted")
+        raise Interrupted(f"interrupted during {name}; the state is saved in {ctx.state.path}") from None
+    except CONFIGURATION_ERRORS as exc:
+        raise UsageError(describe_aws_error(exc)) from None
+    except botocore.exceptions.ClientError as exc:
+        ctx.state.mark_stage(name, "failed", error=describe_aws_error(exc))
+        raise StageError(f"{name}: {describe_aws_error(exc)}") from None
+    except (botocore.exceptions.BotoCoreError, OSError) as exc:
+        ctx.state.mark_stage(name, "failed", error=str(exc))
+        raise StageError(f"{name}: {exc}") from None

@@ -1,0 +1,200 @@
+"""Typed, validated settings: the only module that reads Invoke's config.
+
+Every key lives under one top-level config key of our own (`hyperpod`), so Invoke's own keys
+(`run`, `tasks`, `timeouts`) are never touched. Precedence, lowest first: DEFAULTS below,
+invoke.yaml, `INVOKE_HYPERPOD_*` environment variables, task flags.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from collectors.errors import UsageError
+
+CONFIG_KEY = "hyperpod"
+
+# Each key: (default, meaning). Types are checked against the default's type (None = optional str).
+SCHEMA: dict[str, tuple[Any, str]] = {
+    "cluster": (None, "HyperPod cluster name or ARN"),
+    "s3_path": (None, "s3://bucket[/prefix] where scripts and node tarballs go"),
+    "region": (None, "AWS region (default: the AWS CLI/boto3 chain)"),
+    "profile": (None, "AWS named profile (default: the AWS CLI/boto3 chain)"),
+    "max_workers": (16, "most node sessions open at once"),
+    "runs_dir": ("runs", "local folder for run state and downloads"),
+    "sandbox": (False, "sandbox mode: refuse every AWS endpoint that is not on loopback"),
+    "sandbox_dir": (None, "where the local emulated HyperPod keeps its state"),
+    "presign_expiry": (7200, "seconds a presigned script/upload URL stays valid"),
+    "throttle_retries": (8, "StartSession attempts per node when AWS throttles"),
+}
+TIMEOUTS_SCHEMA: dict[str, tuple[int, str]] = {
+    "session_prompt": (60, "seconds to wait for a session to start and answer"),
+    "node_script": (900, "seconds a node may take to collect and upload"),
+    "kubectl": (600, "seconds per kubectl command"),
+}
+
+S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+DEFAULT_S3_PREFIX = "hyperpod-issue-reports"
+
+
+def config_tree() -> dict[str, Any]:
+    """The tree tasks.py registers so that Invoke loads `INVOKE_HYPERPOD_*` variables for every key.
+
+    Leaves are None on purpose: Invoke then hands env values over as strings, and the typing and
+    defaults happen here, with clear errors, instead of as a traceback inside Invoke.
+    """
+    tree: dict[str, Any] = {key: None for key in SCHEMA}
+    tree["timeouts"] = {key: None for key in TIMEOUTS_SCHEMA}
+    return tree
+
+
+ENV_PREFIX = "INVOKE_" + CONFIG_KEY.upper() + "_"
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Invoke would cast an `INVOKE_HYPERPOD_*` value by the type in invoke.yaml and crash on a bad one,
+    and would silently ignore an unknown one; check them first and say which is wrong."""
+    known = {key.upper(): (key, default) for key, (default, _) in SCHEMA.items()}
+    known.update({f"TIMEOUTS_{key.upper()}": (f"timeouts.{key}", default)
+                  for key, (default, _) in TIMEOUTS_SCHEMA.items()})
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = known.get(name[len(ENV_PREFIX):])
+        if key is None:
+            raise UsageError(f"unknown setting in environment variable {name}")
+        _typed(key[0], value, key[1])
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    session_prompt: int = 60
+    node_script: int = 900
+    kubectl: int = 600
+
+
+@dataclass(frozen=True)
+class S3Path:
+    bucket: str
+    prefix: str
+
+    @classmethod
+    def parse(cls, text: str) -> "S3Path":
+        """`s3://bucket` → prefix `hyperpod-issue-reports` (as the earlier tool); `s3://b/a/b/` → `a/b`."""
+        if not text.startswith("s3://"):
+            raise UsageError(f"--s3-path must look like s3://bucket[/prefix], got {text!r}")
+        bucket, _, prefix = text[len("s3://"):].partition("/")
+        if not S3_BUCKET_RE.match(bucket) or ".." in bucket:
+            raise UsageError(f"--s3-path has an invalid bucket name {bucket!r}")
+        prefix = "/".join(part for part in prefix.split("/") if part)
+        if any(ch in prefix for ch in "\n\r\t\\"):
+            raise UsageError(f"--s3-path prefix {prefix!r} contains control characters or backslashes")
+        return cls(bucket, prefix or DEFAULT_S3_PREFIX)
+
+    def uri(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{key or self.prefix}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    cluster: str | None = None
+    s3_path: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    max_workers: int = 16
+    runs_dir: Path = Path("runs")
+    sandbox: bool = False
+    sandbox_dir: str | None = None
+    presign_expiry: int = 7200
+    throttle_retries: int = 8
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None, **flags: Any) -> "Settings":
+        """Validate `ctx.config[CONFIG_KEY]` and apply task flags (None means 'not given')."""
+        raw = dict(config or {})
+        unknown = set(raw) - set(SCHEMA) - {"timeouts"}
+        if unknown:
+            raise UsageError(f"unknown config key(s) under {CONFIG_KEY!r}: {', '.join(sorted(unknown))}")
+        values = {key: _typed(key, _given(raw.get(key), default), default) for key, (default, _) in SCHEMA.items()}
+        values["timeouts"] = _timeouts(raw.get("timeouts") or {})
+        values["runs_dir"] = Path(values["runs_dir"]).expanduser()
+        settings = cls(**values)
+        return settings.with_flags(**flags)
+
+    def with_flags(self, **flags: Any) -> "Settings":
+        given = {key: value for key, value in flags.items() if value is not None}
+        names = {f.name for f in fields(self)}
+        bad = set(given) - names
+        if bad:
+            raise ValueError(f"not settings: {sorted(bad)}")  # a programming error, not user input
+        if "max_workers" in given:
+            given["max_workers"] = _typed("max_workers", given["max_workers"], 16)
+        return replace(self, **given)
+
+    def require_cluster(self) -> str:
+        if not self.cluster:
+            raise UsageError("no cluster given: pass --cluster NAME (or set hyperpod.cluster)")
+        return self.cluster
+
+    def require_s3_path(self) -> S3Path:
+        if not self.s3_path:
+            raise UsageError("no S3 path given: pass --s3-path s3://bucket/prefix (or set hyperpod.s3_path)")
+        return S3Path.parse(self.s3_path)
+
+
+def _given(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _typed(key: str, value: Any, default: Any) -> Any:
+    """Check `value` against the default's type; env vars arrive as strings, so cast those."""
+    where = f"{CONFIG_KEY}.{key}"
+    if default is None:
+        if value is None or isinstance(value, str):
+            return value or None
+        raise UsageError(f"config {where} must be a string, got {value!r}")
+    if isinstance(default, bool):
+        return _as_bool(where, value)
+    if isinstance(default, int):
+        return _as_positive_int(where, value)
+    if isinstance(value, (str, Path)):
+        return value
+    raise UsageError(f"config {where} must be a string, got {value!r}")
+
+
+def _as_bool(where: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise UsageError(f"config {where} must be true or false, got {value!r}")
+
+
+def _as_positive_int(where: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise UsageError(f"config {where} must be a positive integer, got {value!r}")
+    try:
+        number = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        raise UsageError(f"config {where} must be a positive integer, got {value!r}") from None
+    if number < 1:
+        raise UsageError(f"config {where} must be a positive integer, got {value!r}")
+    return number
+
+
+def _timeouts(raw: Mapping[str, Any]) -> Timeouts:
+    if not isinstance(raw, Mapping):
+        raise UsageError(f"config {CONFIG_KEY}.timeouts must be a mapping, got {raw!r}")
+    unknown = set(raw) - set(TIMEOUTS_SCHEMA)
+    if unknown:
+        raise UsageError(f"unknown config key(s) under {CONFIG_KEY}.timeouts: {', '.join(sorted(unknown))}")
+    return Timeouts(**{
+        key: _as_positive_int(f"{CONFIG_KEY}.timeouts.{key}", _given(raw.get(key), default))
+        for key, (default, _) in TIMEOUTS_SCHEMA.items()
+    })

@@ -1,0 +1,166 @@
+"""discover: what cluster is this, which nodes does it have, and which of them do we collect from."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable
+
+from collectors import console
+from collectors.aws import error_code
+from collectors.context import StageContext
+from collectors.errors import UsageError
+from collectors.nodes import ip_from_hostname, match_names
+from collectors.state import PENDING, utc_now
+
+NOT_FOUND_CODES = ("ValidationException", "ResourceNotFound", "ResourceNotFoundException")
+# Fields a node keeps from one discovery to the next; the rest is refreshed from the API.
+OUTCOME_FIELDS = ("status", "error_kind", "error", "attempts", "started", "finished", "elapsed",
+                  "s3_key", "bytes", "sha256", "output", "items", "failed_items", "transcript")
+
+
+def execute(ctx: StageContext) -> None:
+    sagemaker = ctx.aws.client("sagemaker")
+    requested = ctx.settings.require_cluster()
+    cluster = describe_cluster(sagemaker, requested, ctx.aws.region)
+    summaries = list_cluster_nodes(sagemaker, cluster["arn"])
+    nodes = [node_from_summary(s) for s in summaries]
+    fill_missing_hostnames(sagemaker, cluster["arn"], nodes, ctx.settings.max_workers)
+    selected = select_nodes(nodes, ctx.options.get("instance_groups") or [], ctx.options.get("nodes") or [],
+                            cluster["name"])
+    record(ctx, cluster, selected, total=len(nodes))
+    if ctx.options.get("json"):
+        console.out(json.dumps({"run_id": ctx.state.run_id, "run_dir": str(ctx.state.run_dir), "cluster": cluster,
+                                "nodes": list(ctx.state.nodes.values())}, indent=2))
+    console.log(f"cluster {cluster['name']} ({cluster['type']}, {cluster['status']}): {len(nodes)} nodes, "
+                f"{len(selected)} selected; run {ctx.state.run_id} in {ctx.state.run_dir}")
+
+
+def describe_cluster(sagemaker: Any, name: str, region: str) -> dict[str, Any]:
+    try:
+        response = sagemaker.describe_cluster(ClusterName=name)
+    except Exception as exc:  # noqa: BLE001 - only "not found" is the user's input; the rest propagates
+        if error_code(exc) in NOT_FOUND_CODES:
+            raise UsageError(f"cluster {name!r} not found in region {region}") from None
+        raise
+    arn = response["ClusterArn"]
+    orchestrator = response.get("Orchestrator") or {}
+    eks_arn = (orchestrator.get("Eks") or {}).get("ClusterArn")
+    return {
+        "requested": name,
+        "name": response["ClusterName"],
+        "arn": arn,
+        # The SSM target uses the id (last ARN segment), never the name.
+        "id": arn.rsplit("/", 1)[-1],
+        "status": response.get("ClusterStatus", "Unknown"),
+        # Older Slurm clusters have no Orchestrator at all; only Eks means EKS.
+        "type": "eks" if eks_arn else "slurm",
+        "eks_cluster_arn": eks_arn,
+        "eks_cluster_name": eks_arn.rsplit("/", 1)[-1] if eks_arn else None,
+        "region": region,
+        "instance_groups": [g.get("InstanceGroupName") for g in response.get("InstanceGroups", [])],
+    }
+
+
+def list_cluster_nodes(sagemaker: Any, cluster_arn: str) -> list[dict[str, Any]]:
+    paginator = sagemaker.get_paginator("list_cluster_nodes")
+    summaries: list[dict[str, Any]] = []
+    for page in paginator.paginate(ClusterName=cluster_arn, PaginationConfig={"PageSize": 100}):
+        summaries.extend(page.get("ClusterNodeSummaries", []))
+    return summaries
+
+
+def node_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    status = summary.get("InstanceStatus") or {}
+    node = {
+        "instance_id": summary["InstanceId"],
+        "group": summary.get("InstanceGroupName", "unknown"),
+        "instance_type": summary.get("InstanceType"),
+        "hyperpod_status": status.get("Status", "Unknown"),
+        "hyperpod_message": status.get("Message", ""),
+        "launch_time": str(summary.get("LaunchTime", "")) or None,
+    }
+    set_hostname(node, summary.get("PrivateDnsHostname"), None)
+    return node
+
+
+def set_hostname(node: dict[str, Any], dns_hostname: str | None, ip: str | None) -> None:
+    """Slurm's node name is the short form of PrivateDnsHostname; AWS hostnames also encode the IP."""
+    short = dns_hostname.split(".", 1)[0] if dns_hostname else None
+    node["dns_hostname"] = dns_hostname
+    node["hostname"] = short
+    node["ip"] = ip or ip_from_hostname(short)
+
+
+def fill_missing_hostnames(sagemaker: Any, cluster_arn: str, nodes: list[dict[str, Any]], workers: int) -> None:
+    """Older APIs leave PrivateDnsHostname out of the summary: ask only for those nodes, in parallel."""
+    missing = [node for node in nodes if not node["hostname"]]
+    if not missing:
+        return
+
+    def describe(node: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        try:
+            details = sagemaker.describe_cluster_node(ClusterName=cluster_arn, NodeId=node["instance_id"])
+            return node, details["NodeDetails"]
+        except Exception as exc:  # noqa: BLE001 - one node's lookup must not stop discovery
+            console.log(f"warning: could not describe node {node['instance_id']}: {exc}")
+            return node, None
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(missing))) as pool:
+        for node, details in pool.map(describe, missing):
+            if details:
+                set_hostname(node, details.get("PrivateDnsHostname"), details.get("PrivatePrimaryIp"))
+
+
+def select_nodes(nodes: list[dict[str, Any]], groups: Iterable[str], names: Iterable[str],
+                 cluster_name: str) -> list[dict[str, Any]]:
+    groups, names = list(groups), list(names)
+    if groups and names:
+        raise UsageError("--instance-groups and --nodes cannot be used together")
+    if groups:
+        return select_by_groups(nodes, groups, cluster_name)
+    if names:
+        return select_by_names(nodes, names, cluster_name)
+    return nodes
+
+
+def select_by_groups(nodes: list[dict[str, Any]], groups: list[str], cluster_name: str) -> list[dict[str, Any]]:
+    wanted = {g.lower() for g in groups}
+    known = {node["group"].lower() for node in nodes}
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise UsageError(f"no instance group {', '.join(unknown)} in cluster {cluster_name} "
+                         f"(groups: {', '.join(sorted(known)) or 'none'})")
+    return [node for node in nodes if node["group"].lower() in wanted]
+
+
+def select_by_names(nodes: list[dict[str, Any]], names: list[str], cluster_name: str) -> list[dict[str, Any]]:
+    """Accept what people see: instance ids, EKS node names `hyperpod-i-…`, Slurm names `ip-a-b-c-d`."""
+    chosen, unmatched = match_names(nodes, names)
+    if unmatched:
+        raise UsageError(f"no node in cluster {cluster_name} matches {', '.join(unmatched)}")
+    return chosen
+
+
+def record(ctx: StageContext, cluster: dict[str, Any], selected: list[dict[str, Any]], total: int) -> None:
+    state = ctx.state
+    previous = state.nodes
+    state.data["cluster"] = cluster
+    state.data["nodes"] = {node["instance_id"]: merge_outcome(node, previous.get(node["instance_id"]))
+                           for node in selected}
+    state.options.update({
+        "instance_groups": list(ctx.options.get("instance_groups") or []),
+        "nodes": list(ctx.options.get("nodes") or []),
+        "region": ctx.aws.region,
+        "profile": ctx.settings.profile,
+    })
+    state.mark_stage("discover", "done", total_nodes=total, selected_nodes=len(selected), discovered=utc_now())
+
+
+def merge_outcome(node: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """Re-discovering a run refreshes API facts but keeps what collection already achieved."""
+    merged = dict(node, status=PENDING, attempts=0)
+    for key in OUTCOME_FIELDS:
+        if previous and key in previous:
+            merged[key] = previous[key]
+    return merged

@@ -1,0 +1,279 @@
+"""hyperpod-collect: gather diagnostics from every node of a SageMaker HyperPod cluster.
+
+Thin on purpose: parse flags, call a stage or the pipeline, map errors to exit codes
+(0 all nodes ok, 1 some nodes failed, 2 bad input, 130 interrupted).
+"""
+
+from __future__ import annotations
+
+import functools
+import json as jsonlib
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from invoke import Collection, Exit, task
+
+from collectors import console, pipeline, settings as config
+from collectors.errors import EXIT_INTERRUPTED, CollectorError, UsageError
+from collectors.nodes import split_names
+from collectors.sandbox import Sandbox, SandboxSpec, default_root
+
+PROJECT_DIR = Path(__file__).resolve().parent
+
+COMMON_HELP = {
+    "cluster": "HyperPod cluster name or ARN",
+    "s3_path": "where to store the run: s3://bucket[/prefix]",
+    "region": "AWS region (default: your AWS configuration)",
+    "profile": "AWS named profile (default: your AWS configuration)",
+    "run_id": "act on this run (YYYYMMDD_HHMMSS) instead of the cluster's latest",
+    "instance_groups": "only these instance groups (repeatable or comma-separated; not with --nodes)",
+    "nodes": "only these nodes: i-…, hyperpod-i-…, ip-a-b-c-d (repeatable or comma-separated; '-' reads stdin)",
+    "command": "extra command to run on every node, in its own output file (repeatable)",
+    "max_workers": "most node sessions open at once (default 16)",
+    "json": "print JSON on stdout (logs stay on stderr)",
+}
+
+
+def _help(*names: str, **extra: str) -> dict[str, str]:
+    return {**{name: COMMON_HELP[name] for name in names}, **extra}
+
+
+def reports_errors(body: Callable[..., Any]) -> Callable[..., Any]:
+    """One clear line and the right exit code for every failure a user can cause or meet."""
+
+    @functools.wraps(body)
+    def wrapper(ctx, *args, **kwargs):
+        try:
+            code = body(ctx, *args, **kwargs)
+        except CollectorError as exc:
+            raise Exit(f"error: {exc}", code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise Exit("interrupted", code=EXIT_INTERRUPTED) from None
+        if code:
+            raise Exit(code=code)
+
+    return wrapper
+
+
+def _settings(ctx, **flags: Any) -> config.Settings:
+    return config.Settings.from_config(_plain(ctx.config.get(config.CONFIG_KEY)), **flags)
+
+
+def _plain(value: Any) -> Any:
+    """Invoke's DataProxy as plain dicts, for validation."""
+    if hasattr(value, "keys"):
+        return {key: _plain(value[key]) for key in value.keys()}
+    return value
+
+
+def _options(**options: Any) -> dict[str, Any]:
+    if options.get("instance_groups") is not None:
+        options["instance_groups"] = split_names(options["instance_groups"])
+    if options.get("nodes") is not None:
+        options["nodes"] = split_names(options["nodes"], sys.stdin)
+    if options.get("nodes") and options.get("instance_groups"):
+        raise UsageError("--instance-groups and --nodes cannot be used together")
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def _stage(ctx, name: str, *, cluster=None, s3_path=None, region=None, profile=None, max_workers=None,
+           **options: Any) -> int:
+    settings = _settings(ctx, cluster=cluster, s3_path=s3_path, region=region, profile=profile,
+                         max_workers=max_workers)
+    return pipeline.run_stage(name, settings, _options(**options))
+
+
+# -- the job ---------------------------------------------------------------------------------
+
+@task(iterable=["instance_groups", "nodes", "command"],
+      help=_help("cluster", "s3_path", "region", "profile", "instance_groups", "nodes", "command", "max_workers",
+                 download="download the node tarballs when collection ends (default: yes)"))
+@reports_errors
+def collect(ctx, cluster=None, s3_path=None, region=None, profile=None, instance_groups=None, nodes=None,
+            command=None, max_workers=None, download=True):
+    """Collect diagnostics from every node: discover, render, upload, kubectl, run, summarize, download."""
+    settings = _settings(ctx, cluster=cluster, s3_path=s3_path, region=region, profile=profile,
+                         max_workers=max_workers)
+    return pipeline.collect(settings, _options(instance_groups=instance_groups, nodes=nodes, commands=command,
+                                               download=download))
+
+
+@task(iterable=["instance_groups", "nodes"],
+      help=_help("cluster", "region", "profile", "run_id", "instance_groups", "nodes", "max_workers", "json",
+                 run_id="refresh the nodes of this run instead of starting a new one"))
+@reports_errors
+def discover(ctx, cluster=None, region=None, profile=None, run_id=None, instance_groups=None, nodes=None,
+             max_workers=None, json=False):
+    """Start a run: describe the cluster, list its nodes (all pages) and select the ones to collect."""
+    return _stage(ctx, "discover", cluster=cluster, region=region, profile=profile, max_workers=max_workers,
+                  run_id=run_id, instance_groups=instance_groups, nodes=nodes, json=json)
+
+
+@task(iterable=["command"], help=_help("cluster", "run_id", "command"))
+@reports_errors
+def render(ctx, cluster=None, run_id=None, command=None):
+    """Compose the node script (bash/) into the run's collector_script.sh."""
+    return _stage(ctx, "render", cluster=cluster, run_id=run_id, commands=command or None)
+
+
+@task(help=_help("cluster", "s3_path", "region", "profile", "run_id"))
+@reports_errors
+def upload(ctx, cluster=None, s3_path=None, region=None, profile=None, run_id=None):
+    """Put the run's collector_script.sh under the run's S3 prefix."""
+    return _stage(ctx, "upload", cluster=cluster, s3_path=s3_path, region=region, profile=profile, run_id=run_id)
+
+
+@task(help=_help("cluster", "region", "profile", "run_id"))
+@reports_errors
+def kubectl(ctx, cluster=None, region=None, profile=None, run_id=None):
+    """Collect the cluster's Kubernetes state (EKS clusters; not built yet, and says so)."""
+    return _stage(ctx, "kubectl", cluster=cluster, region=region, profile=profile, run_id=run_id)
+
+
+@task(name="run", iterable=["nodes"],
+      help=_help("cluster", "region", "profile", "run_id", "nodes", "max_workers",
+                 nodes="only these nodes of the run: i-…, hyperpod-i-…, ip-a-b-c-d ('-' reads stdin)",
+                 retry_failed="also collect again the nodes that failed, timed out or were unreachable"))
+@reports_errors
+def run_nodes(ctx, cluster=None, region=None, profile=None, run_id=None, nodes=None, max_workers=None,
+              retry_failed=False):
+    """Collect from the run's nodes that have not finished (one session per node)."""
+    return _stage(ctx, "run", cluster=cluster, region=region, profile=profile, max_workers=max_workers,
+                  run_id=run_id, nodes=nodes, retry_failed=retry_failed)
+
+
+@task(help=_help("cluster", "region", "profile", "run_id", "json"))
+@reports_errors
+def summarize(ctx, cluster=None, region=None, profile=None, run_id=None, json=False):
+    """Write summary.json (locally and in S3) and show who succeeded; exit 1 if any node failed."""
+    return _stage(ctx, "summarize", cluster=cluster, region=region, profile=profile, run_id=run_id, json=json)
+
+
+@task(help=_help("cluster", "region", "profile", "run_id", "max_workers"))
+@reports_errors
+def download(ctx, cluster=None, region=None, profile=None, run_id=None, max_workers=None):
+    """Download every node tarball of the run into runs/<cluster>/<run-id>/results/, verified."""
+    return _stage(ctx, "download", cluster=cluster, region=region, profile=profile, run_id=run_id,
+                  max_workers=max_workers)
+
+
+# -- the sandbox and the demo ----------------------------------------------------------------
+
+def _sandbox(ctx) -> Sandbox:
+    root = _settings(ctx).sandbox_dir
+    return Sandbox(Path(root) if root else default_root())
+
+
+@task(help={"type": "eks or slurm (default eks)", "nodes": "how many nodes (default 4, in two instance groups)"})
+@reports_errors
+def sandbox_up(ctx, type="eks", nodes=4):
+    """Start a local emulated HyperPod cluster (AWS APIs, nodes, sessions) on loopback."""
+    status = _sandbox(ctx).up(SandboxSpec.simple(type=_cluster_type(type), nodes=int(nodes)))
+    console.log(f"sandbox up: {status['type']} cluster {status['cluster']} with {len(status['nodes'])} nodes, "
+                f"S3 path {status['s3_path']}")
+    console.log('point your shell at it with: eval "$(invoke sandbox.env)"')
+
+
+@task
+@reports_errors
+def sandbox_down(ctx):
+    """Stop the sandbox: every process it started, by PID, and remove its files (safe to repeat)."""
+    _sandbox(ctx).down()
+    console.log("sandbox down")
+
+
+@task(help={"json": "print the full status as JSON"})
+@reports_errors
+def sandbox_status(ctx, json=False):
+    """Show the sandbox: cluster, type, S3 path, endpoint and nodes."""
+    sandbox = _sandbox(ctx)
+    if not sandbox.is_up():
+        raise UsageError("the sandbox is not up: run `invoke sandbox.up`")
+    status = sandbox.status()
+    if json:
+        console.out(jsonlib.dumps(status, indent=2))
+        return
+    console.out(f"{status['type']} cluster {status['cluster']} ({status['cluster_arn']})\n"
+                f"endpoint {status['endpoint']}  S3 path {status['s3_path']}")
+    for node in status["nodes"]:
+        console.out(f"  {node['group']:<20} {node['instance_id']:<21} {node['hostname']:<16} {node['status']}")
+
+
+@task
+@reports_errors
+def sandbox_env(ctx):
+    """Print `export …` lines; `eval "$(invoke sandbox.env)"` points aws, boto3 and this tool at the sandbox."""
+    sandbox = _sandbox(ctx)
+    if not sandbox.is_up():
+        raise UsageError("the sandbox is not up: run `invoke sandbox.up`")
+    console.out("unset AWS_PROFILE AWS_SESSION_TOKEN AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
+    for name, value in sandbox.env().items():
+        console.out(f"export {name}={shlex.quote(value)}")
+
+
+@task(help={"type": "eks or slurm (default eks)", "nodes": "how many nodes (default 4, in two instance groups)",
+            "keep": "leave the sandbox running afterwards (take it down with `invoke sandbox.down`)"})
+@reports_errors
+def demo(ctx, type="eks", nodes=4, keep=False):
+    """The whole job on a local emulated HyperPod: sandbox up, collect, download, summary, sandbox down."""
+    sandbox = _sandbox(ctx)
+    if sandbox.is_up():
+        raise UsageError("a sandbox is already up: take it down with `invoke sandbox.down`, or use it directly")
+    status = sandbox.up(SandboxSpec.simple(type=_cluster_type(type), nodes=int(nodes)))
+    try:
+        return _demo_collect(ctx, sandbox, status)
+    finally:
+        if keep:
+            console.log('sandbox left running: eval "$(invoke sandbox.env)" to use it; invoke sandbox.down to stop it')
+        else:
+            sandbox.down()
+
+
+def _demo_collect(ctx, sandbox: Sandbox, status: dict[str, Any]) -> int:
+    console.log(f"demo: {status['type']} cluster {status['cluster']} with {len(status['nodes'])} nodes on loopback")
+    os.environ.update(sandbox.env())
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        os.environ.pop(name, None)
+    settings = _settings(ctx, cluster=status["cluster"], s3_path=status["s3_path"], region=status["region"])
+    settings = settings.with_flags(sandbox=True)
+    code = pipeline.collect(settings, {"download": True})
+    console.log(f"demo: results are in {settings.runs_dir.resolve() / status['cluster']}/latest/results")
+    return code
+
+
+def _cluster_type(value: str) -> str:
+    if value not in ("eks", "slurm"):
+        raise UsageError(f"--type must be eks or slurm, got {value!r}")
+    return value
+
+
+# -- development -------------------------------------------------------------------------------
+
+@task(help={"args": "extra pytest arguments, e.g. \"-k discover -x\""})
+def test(ctx, args=""):
+    """Run the whole test suite (unit, bash, integration against the sandbox)."""
+    result = subprocess.run([sys.executable, "-m", "pytest", *shlex.split(args)], cwd=PROJECT_DIR)
+    if result.returncode:
+        raise Exit(code=result.returncode)
+
+
+def _check_environment() -> None:
+    try:
+        config.check_environment(os.environ)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+
+
+_check_environment()
+sandbox = Collection("sandbox")
+sandbox.add_task(sandbox_up, name="up")
+sandbox.add_task(sandbox_down, name="down")
+sandbox.add_task(sandbox_status, name="status")
+sandbox.add_task(sandbox_env, name="env")
+ns = Collection(collect, discover, render, upload, kubectl, run_nodes, summarize, download, demo, test, sandbox)
+ns.configure({config.CONFIG_KEY: config.config_tree()})
