@@ -1,0 +1,73 @@
+import pytest
+
+from collectors.errors import UsageError
+from collectors.settings import S3Path, Settings, check_environment, config_tree
+
+
+def test_defaults_match_the_earlier_tool():
+    settings = Settings.from_config(None)
+    assert settings.max_workers == 16
+    assert (settings.timeouts.session_prompt, settings.timeouts.node_script, settings.timeouts.kubectl) == (60, 900, 600)
+
+
+def test_config_values_then_flags_override():
+    settings = Settings.from_config({"region": "eu-west-1", "max_workers": 8, "timeouts": {"node_script": 1200}},
+                                    region="us-east-1", max_workers=None)
+    assert settings.region == "us-east-1"
+    assert settings.max_workers == 8
+    assert settings.timeouts.node_script == 1200
+
+
+def test_env_strings_are_typed():
+    # Invoke hands INVOKE_HYPERPOD_* values over as strings because config_tree() leaves are None.
+    settings = Settings.from_config({"max_workers": "32", "sandbox": "true", "timeouts": {"kubectl": "30"}})
+    assert settings.max_workers == 32 and settings.sandbox is True and settings.timeouts.kubectl == 30
+    assert all(value is None for key, value in config_tree().items() if key != "timeouts")
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"max_wokers": 4}, "unknown config key(s) under 'hyperpod': max_wokers"),
+    ({"max_workers": "many"}, "hyperpod.max_workers must be a positive integer"),
+    ({"max_workers": 0}, "hyperpod.max_workers must be a positive integer"),
+    ({"timeouts": {"node_script": -5}}, "hyperpod.timeouts.node_script must be a positive integer"),
+    ({"timeouts": {"prompt": 5}}, "unknown config key(s) under hyperpod.timeouts: prompt"),
+    ({"sandbox": "perhaps"}, "hyperpod.sandbox must be true or false"),
+    ({"region": 5}, "hyperpod.region must be a string"),
+])
+def test_bad_config_is_a_clear_usage_error(config, message):
+    with pytest.raises(UsageError) as caught:
+        Settings.from_config(config)
+    assert message in str(caught.value)
+
+
+def test_environment_is_checked_before_invoke_casts_it():
+    check_environment({"INVOKE_HYPERPOD_MAX_WORKERS": "4", "INVOKE_HYPERPOD_TIMEOUTS_KUBECTL": "9", "PATH": "/bin"})
+    with pytest.raises(UsageError, match="INVOKE_HYPERPOD_MAX_WORKERS|positive integer"):
+        check_environment({"INVOKE_HYPERPOD_MAX_WORKERS": "lots"})
+    with pytest.raises(UsageError, match="INVOKE_HYPERPOD_COLOUR"):
+        check_environment({"INVOKE_HYPERPOD_COLOUR": "blue"})
+
+
+@pytest.mark.parametrize("text, bucket, prefix", [
+    ("s3://my-bucket", "my-bucket", "hyperpod-issue-reports"),
+    ("s3://my-bucket/", "my-bucket", "hyperpod-issue-reports"),
+    ("s3://my-bucket/a/b/", "my-bucket", "a/b"),
+    ("s3://my.bucket//a//b", "my.bucket", "a/b"),
+])
+def test_s3_path_parsing(text, bucket, prefix):
+    assert S3Path.parse(text) == S3Path(bucket, prefix)
+
+
+@pytest.mark.parametrize("text", ["my-bucket/x", "s3:/x", "s3://", "s3://UPPER/x", "s3://a/x", "s3://b..c/x",
+                                  "https://bucket/x", "s3://bucket/a\nb"])
+def test_malformed_s3_paths_are_rejected(text):
+    with pytest.raises(UsageError):
+        S3Path.parse(text)
+
+
+def test_missing_cluster_and_s3_path_say_which_flag():
+    settings = Settings.from_config(None)
+    with pytest.raises(UsageError, match="--cluster"):
+        settings.require_cluster()
+    with pytest.raises(UsageError, match="--s3-path"):
+        settings.require_s3_path()
