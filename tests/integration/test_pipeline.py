@@ -1,0 +1,207 @@
+"""The whole job against the sandbox, through the real `invoke` command line.
+
+Real parts only: moto over HTTP, the real `aws ssm start-session`, the stand-in plugin into real
+namespaced nodes running real bash, real curl uploads to presigned URLs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[2]
+TRACEBACK = "Traceback (most recent call last)"
+
+
+@pytest.fixture(scope="module")
+def cluster(sandbox_factory):
+    from collectors.sandbox import SandboxSpec
+
+    sandbox, status, env = sandbox_factory(SandboxSpec.simple(type="eks", nodes=4))
+    return sandbox, status, env
+
+
+def invoke(env: dict, runs: Path, *args: str, stdin: str | None = None, timeout: float = 240):
+    full_env = dict(os.environ, **env, INVOKE_HYPERPOD_RUNS_DIR=str(runs))
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        full_env.pop(name, None)
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=PROJECT, env=full_env, input=stdin,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def s3_client(env: dict):
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def latest_state(runs: Path, cluster_name: str) -> dict:
+    return json.loads((runs / cluster_name / "latest" / "state.json").read_text())
+
+
+def tar_members(path: Path) -> dict[str, bytes]:
+    """File name (below the one top folder) → content."""
+    with tarfile.open(path) as tar:
+        tops = {member.name.split("/", 1)[0] for member in tar.getmembers()}
+        assert len(tops) == 1, tops
+        return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers()
+                if m.isfile() and "/" in m.name}
+
+
+def test_collect_gathers_every_node_into_s3_and_results(cluster, tmp_path):
+    sandbox, status, env = cluster
+    result = invoke(env, tmp_path, "collect")
+    assert result.returncode == 0, result.stderr
+    state = latest_state(tmp_path, status["cluster"])
+    assert {n["status"] for n in state["nodes"].values()} == {"ok"}
+    s3 = s3_client(env)
+    prefix = state["s3"]["run_prefix"]
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=status["bucket"], Prefix=prefix)["Contents"]}
+    assert f"{prefix}/collector_script.sh" in keys and f"{prefix}/summary.json" in keys
+    for node in status["nodes"]:
+        name = f"{node['group']}_{node['instance_id']}.tar.gz"
+        assert f"{prefix}/instances/{name}" in keys
+        files = tar_members(tmp_path / status["cluster"] / "latest" / "results" / name)
+        # Taken from that node: its own hostname, ids and files, not the host's.
+        assert files["hostname.txt"].decode().strip() == node["hostname"]
+        assert files["instance_id.txt"].decode().strip() == node["instance_id"]
+        assert files["instance_group.txt"].decode().strip() == node["group"]
+        assert files["cluster_type.txt"].decode().strip() == "eks"
+        assert node["instance_id"] in files["resource_config.json"].decode()
+        assert any(name.startswith("cluster_logs/") for name in files)
+        assert b"Filesystem" in files["disk_usage.txt"]
+        assert b"kubelet.service" in files["systemd_services.txt"]
+        assert "timestamp.txt" in files and "manifest.tsv" in files
+    summary = json.loads(s3.get_object(Bucket=status["bucket"], Key=f"{prefix}/summary.json")["Body"].read())
+    assert (summary["total_nodes"], summary["successful"], summary["failed"]) == (4, 4, 0)
+    assert "kubectl" in result.stderr and "not implemented" in result.stderr
+
+
+def test_stages_one_by_one_match_collect_and_rerun_changes_nothing(cluster, tmp_path):
+    sandbox, status, env = cluster
+    for stage in ("discover", "render", "upload", "run", "summarize", "download"):
+        result = invoke(env, tmp_path, stage)
+        assert result.returncode == 0, (stage, result.stderr)
+    state = latest_state(tmp_path, status["cluster"])
+    assert {n["status"] for n in state["nodes"].values()} == {"ok"}
+    results = tmp_path / status["cluster"] / "latest" / "results"
+    staged = {p.name: sorted(tar_members(p)) for p in results.glob("*.tar.gz")}
+    assert len(staged) == 4
+
+    collected = invoke(env, tmp_path / "collect", "collect")
+    assert collected.returncode == 0, collected.stderr
+    results_collect = tmp_path / "collect" / status["cluster"] / "latest" / "results"
+    assert staged == {p.name: sorted(tar_members(p)) for p in results_collect.glob("*.tar.gz")}
+
+    rerun = invoke(env, tmp_path, "run")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "nothing to do" in rerun.stderr
+    assert latest_state(tmp_path, status["cluster"])["nodes"] == state["nodes"]
+
+
+def test_node_names_from_stdin_chain_stages(cluster, tmp_path):
+    sandbox, status, env = cluster
+    wanted = status["nodes"][1]
+    names = f"# from a pipeline\nhyperpod-{wanted['instance_id']}\n"
+    result = invoke(env, tmp_path, "discover", "--json", "--nodes", "-", stdin=names)
+    assert result.returncode == 0, result.stderr
+    discovered = json.loads(result.stdout)  # stdout is pure JSON; logs went to stderr
+    assert [n["instance_id"] for n in discovered["nodes"]] == [wanted["instance_id"]]
+    by_hostname = invoke(env, tmp_path, "discover", "--json", "--nodes", wanted["hostname"])
+    assert [n["instance_id"] for n in json.loads(by_hostname.stdout)["nodes"]] == [wanted["instance_id"]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["collect", "--cluster", "no-such-cluster"], "cluster 'no-such-cluster' not found"),
+    (["collect", "--s3-path", "bucket-without-scheme/x"], "--s3-path must look like s3://bucket"),
+    (["collect", "--nodes", "i-0abc", "--instance-groups", "worker-group-1"], "cannot be used together"),
+    (["discover", "--nodes", "ip-1-2-3-4"], "no node in cluster hp-sandbox matches ip-1-2-3-4"),
+    (["summarize", "--run-id", "20200101_000000"], "no state for run 20200101_000000"),
+    (["discover", "--max-workers", "0"], "max_workers must be a positive integer"),
+])
+def test_bad_input_is_one_line_and_exit_2(cluster, tmp_path, args, message):
+    sandbox, status, env = cluster
+    result = invoke(env, tmp_path, *args)
+    assert result.returncode == 2, result.stderr
+    assert TRACEBACK not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr
+    assert not list(tmp_path.glob("*/2*")), "a failed discovery must not leave a run behind"
+
+
+def test_bad_setting_in_the_environment_is_exit_2(cluster, tmp_path):
+    sandbox, status, env = cluster
+    result = invoke(dict(env, INVOKE_HYPERPOD_TIMEOUTS_NODE_SCRIPT="soon"), tmp_path, "discover")
+    assert result.returncode == 2 and TRACEBACK not in result.stderr
+    assert "timeouts.node_script must be a positive integer" in result.stderr
+
+
+def test_unhealthy_nodes_are_skipped_and_lost_nodes_fail_with_a_retry_hint(sandbox_factory, tmp_path):
+    from collectors.sandbox import SandboxSpec
+
+    sandbox, status, env = sandbox_factory(SandboxSpec.simple(type="slurm", nodes=3))
+    pending, lost, healthy = status["nodes"]
+    sandbox.set_node_status(pending["instance_id"], "Pending")
+    os.kill(lost["init_pid"], signal.SIGKILL)  # the node vanishes behind a Running API status
+    result = invoke(env, tmp_path, "collect")
+    assert result.returncode == 1, result.stderr
+    nodes = latest_state(tmp_path, status["cluster"])["nodes"]
+    assert nodes[pending["instance_id"]]["status"] == "skipped"
+    assert nodes[lost["instance_id"]]["status"] == "failed"
+    assert nodes[healthy["instance_id"]]["status"] == "ok"
+    assert "--retry-failed" in result.stderr
+    retry = invoke(env, tmp_path, "run", "--retry-failed")
+    assert retry.returncode == 0  # the run stage records outcomes; summarize judges them
+    again = latest_state(tmp_path, status["cluster"])["nodes"][lost["instance_id"]]
+    assert again["status"] == "failed" and again["attempts"] >= 1
+
+
+def test_no_secret_reaches_transcripts_summary_or_bundles(cluster, tmp_path):
+    sandbox, status, env = cluster
+    result = invoke(env, tmp_path, "collect", "--nodes", status["nodes"][0]["instance_id"],
+                    "--command", "env", "--command", "echo '$HOME `id` \"q\"'")
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / status["cluster"] / "latest"
+    texts = [p.read_text(errors="replace") for p in run_dir.rglob("*") if p.is_file() and p.suffix in (".log", ".json")]
+    bundle = next((run_dir / "results").glob("*.tar.gz"))
+    files = tar_members(bundle)
+    texts += [content.decode(errors="replace") for content in files.values()]
+    for text in texts + [result.stdout, result.stderr]:
+        assert "X-Amz-Signature" not in text and "Signature=" not in text and "HPC_UPLOAD_URL=" not in text
+    literal = [content for name, content in files.items() if name.startswith("command_02_")]
+    assert literal == [b"$HOME `id` \"q\"\n"]
+
+
+def test_ctrl_c_leaves_a_consistent_state_and_run_resumes(cluster, tmp_path):
+    sandbox, status, env = cluster
+    first = invoke(env, tmp_path, "discover")
+    assert first.returncode == 0
+    for stage in ("render", "upload"):
+        assert invoke(env, tmp_path, stage, *(["--command", "sleep 3"] if stage == "render" else [])).returncode == 0
+    full_env = dict(os.environ, **env, INVOKE_HYPERPOD_RUNS_DIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "run", "--max-workers", "1"], cwd=PROJECT,
+                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state_path = tmp_path / status["cluster"] / "latest" / "state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if any(n["status"] == "ok" for n in json.loads(state_path.read_text())["nodes"].values()):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert TRACEBACK not in stderr
+    nodes = json.loads(state_path.read_text())["nodes"].values()
+    assert {n["status"] for n in nodes} <= {"ok", "pending", "interrupted"}
+    assert 1 <= sum(n["status"] == "ok" for n in nodes) < 4
+    resumed = invoke(env, tmp_path, "run")
+    assert resumed.returncode == 0, resumed.stderr
+    assert {n["status"] for n in latest_state(tmp_path, status["cluster"])["nodes"].values()} == {"ok"}
