@@ -1,0 +1,442 @@
+"""Start, inspect and stop the local emulated HyperPod (the sandbox).
+
+`Sandbox(root).up(spec)` starts the patched moto server (server.py), creates the S3 bucket and the
+HyperPod cluster through the real API, starts one namespace node per cluster node (nodes.py) and puts
+the stand-in session-manager-plugin (plugin.py) in ROOT/bin. Every process is recorded in ROOT by PID
+and start time, so a later process (`invoke sandbox.down`) can stop exactly those.
+"""
+
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from collectors.errors import SandboxError
+from collectors.sandbox.nodes import (
+    ClusterFacts,
+    Node,
+    is_same_process,
+    kill_if_same,
+    node_shell_env,
+    nsenter_command,
+    process_identity,
+    read_init_pid,
+    read_process_record,
+    record_process,
+    start_nodes,
+    stop_nodes,
+    wait_until_gone,
+)
+
+CLUSTER_TYPES = ("eks", "slurm")
+SHELLS = ("sh", "bash")
+MARKER_FILE = ".hyperpod-collect-sandbox"
+REPORTS_PREFIX = "hyperpod-issue-reports"
+ACCOUNT_ID = "123456789012"  # moto's default account
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder that holds `collectors/`
+SERVER_START_TIMEOUT_S = 30.0
+SERVER_STOP_TIMEOUT_S = 5.0
+FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+@dataclass
+class GroupSpec:
+    name: str
+    instance_type: str
+    count: int
+
+
+def default_groups() -> list[GroupSpec]:
+    return [GroupSpec("worker-group-1", "ml.g5.8xlarge", 2), GroupSpec("worker-group-2", "ml.p5.48xlarge", 2)]
+
+
+@dataclass
+class SandboxSpec:
+    cluster: str = "hp-sandbox"
+    type: str = "eks"
+    groups: list[GroupSpec] = field(default_factory=default_groups)
+    bucket: str = "hyperpod-sandbox-reports"
+    region: str = "us-west-2"
+    shell: str = "sh"
+
+    @classmethod
+    def simple(cls, type: str = "eks", nodes: int = 4) -> "SandboxSpec":
+        """`nodes` spread over a g5 group and a p5 group (one group for a single node)."""
+        if nodes < 1:
+            raise SandboxError(f"a sandbox needs at least one node, not {nodes}")
+        if nodes == 1:
+            return cls(type=type, groups=[GroupSpec("worker-group-1", "ml.g5.8xlarge", 1)])
+        first = (nodes + 1) // 2
+        groups = [GroupSpec("worker-group-1", "ml.g5.8xlarge", first), GroupSpec("worker-group-2", "ml.p5.48xlarge", nodes - first)]
+        return cls(type=type, groups=groups)
+
+    def validate(self) -> None:
+        if self.type not in CLUSTER_TYPES:
+            raise SandboxError(f"sandbox type must be one of {CLUSTER_TYPES}, not {self.type!r}")
+        if self.shell not in SHELLS:
+            raise SandboxError(f"sandbox shell must be one of {SHELLS}, not {self.shell!r}")
+        if not self.groups:
+            raise SandboxError("a sandbox needs at least one instance group")
+        for group in self.groups:
+            # SSM targets are `{cluster-id}_{group}-{instance-id}`: a `_` in a group name is ambiguous.
+            if not group.name or "_" in group.name or group.count < 1:
+                raise SandboxError(f"bad instance group {group}: a name without `_` and a count of 1 or more")
+
+
+def default_root() -> Path:
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir:
+        return Path(runtime_dir) / "hyperpod-collect-sandbox"
+    return Path(f"/tmp/hyperpod-collect-sandbox-{os.getuid()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# AWS clients that can only talk to the sandbox
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a DNS name other than localhost could resolve anywhere
+
+
+def refuse_non_loopback(request, **_) -> None:
+    """botocore `before-send` hook: in sandbox mode nothing may leave 127.0.0.0/8."""
+    if not is_loopback_url(request.url):
+        raise SandboxError(f"sandbox: refusing to send a request to {request.url} (only loopback is allowed)")
+
+
+def sandbox_client(service: str, endpoint: str, region: str, root: Path):
+    """A boto3 client with fake credentials, no config files, no proxies, and the loopback guard."""
+    # Imported here: the session-manager-plugin stand-in imports this package once per session.
+    import boto3
+    import botocore.config
+    import botocore.session
+
+    # No credential lookup may fall through to the instance metadata service (169.254.169.254).
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    core_session = botocore.session.Session()
+    core_session.set_config_variable("config_file", str(root / "aws-config"))
+    core_session.set_config_variable("credentials_file", str(root / "aws-credentials"))
+    core_session.set_config_variable("profile", "default")
+    session = boto3.session.Session(
+        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=region,
+        botocore_session=core_session,
+    )
+    config = botocore.config.Config(proxies={}, retries={"mode": "standard", "max_attempts": 2})
+    client = session.client(service, endpoint_url=endpoint, config=config)
+    client.meta.events.register("before-send", refuse_non_loopback)
+    return client
+
+
+# ---------------------------------------------------------------------------------------------
+# The HyperPod cluster, created through the (emulated) API
+
+
+def instance_group_request(spec: SandboxSpec, group: GroupSpec) -> dict:
+    return {
+        "InstanceGroupName": group.name,
+        "InstanceType": group.instance_type,
+        "InstanceCount": group.count,
+        "ExecutionRole": f"arn:aws:iam::{ACCOUNT_ID}:role/{spec.cluster}-execution-role",
+        "ThreadsPerCore": 1,
+        # moto insists on the `s3://sagemaker-` prefix, as the real service's IAM policies do.
+        "LifeCycleConfig": {"SourceS3Uri": f"s3://sagemaker-{spec.cluster}-lifecycle/config/", "OnCreate": "on_create.sh"},
+    }
+
+
+def vpc_config() -> dict:
+    return {"SecurityGroupIds": ["sg-0a1b2c3d4e5f60718"], "Subnets": ["subnet-0a1b2c3d4e5f60718"]}
+
+
+def create_orchestrator(spec: SandboxSpec, clients: dict) -> dict:
+    if spec.type == "slurm":
+        return {"Slurm": {"SlurmConfigStrategy": "Managed"}}
+    eks_cluster = clients["eks"].create_cluster(
+        name=f"{spec.cluster}-eks",
+        roleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/{spec.cluster}-eks-role",
+        resourcesVpcConfig={"subnetIds": vpc_config()["Subnets"], "securityGroupIds": vpc_config()["SecurityGroupIds"]},
+    )
+    return {"Eks": {"ClusterArn": eks_cluster["cluster"]["arn"]}}
+
+
+def create_bucket(spec: SandboxSpec, s3) -> None:
+    location = {} if spec.region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": spec.region}}
+    s3.create_bucket(Bucket=spec.bucket, **location)
+
+
+def ip_from_hostname(fqdn: str) -> str:
+    """ip-127-10-0-10.us-west-2.compute.internal -> 127.10.0.10, as tools read EC2 hostnames."""
+    return fqdn.split(".", 1)[0].removeprefix("ip-").replace("-", ".")
+
+
+def list_all_nodes(sagemaker, cluster_name: str) -> list[dict]:
+    pages = sagemaker.get_paginator("list_cluster_nodes").paginate(
+        ClusterName=cluster_name, PaginationConfig={"PageSize": 100}
+    )
+    return [summary for page in pages for summary in page["ClusterNodeSummaries"]]
+
+
+def create_cluster(spec: SandboxSpec, clients: dict) -> ClusterFacts:
+    create_bucket(spec, clients["s3"])
+    arn = clients["sagemaker"].create_cluster(
+        ClusterName=spec.cluster,
+        InstanceGroups=[instance_group_request(spec, group) for group in spec.groups],
+        VpcConfig=vpc_config(),
+        Orchestrator=create_orchestrator(spec, clients),
+    )["ClusterArn"]
+    nodes = [
+        Node(
+            instance_id=summary["InstanceId"],
+            group=summary["InstanceGroupName"],
+            instance_type=summary["InstanceType"],
+            ip=ip_from_hostname(summary["PrivateDnsHostname"]),
+            fqdn=summary["PrivateDnsHostname"],
+        )
+        for summary in list_all_nodes(clients["sagemaker"], spec.cluster)
+    ]
+    return ClusterFacts(name=spec.cluster, arn=arn, region=spec.region, type=spec.type, nodes=nodes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sandbox
+
+
+def namespaces_available() -> bool:
+    probe = ["unshare", "--mount", "--uts", "--pid", "--fork", "true"]
+    if os.geteuid() != 0:
+        probe[1:1] = ["--user", "--map-root-user"]
+    try:
+        return subprocess.run(probe, capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+def plugin_wrapper(root: Path) -> str:
+    return (
+        "#!/bin/sh\n"
+        "# Sandbox stand-in for AWS's session-manager-plugin (collectors/sandbox/plugin.py).\n"
+        f"PYTHONPATH={shell_quote(str(PACKAGE_PARENT))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
+        "export PYTHONPATH\n"
+        f"exec {shell_quote(sys.executable)} -m collectors.sandbox.plugin --root {shell_quote(str(root))} \"$@\"\n"
+    )
+
+
+def shell_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def merged_no_proxy(current: str) -> str:
+    """Keep the sandbox's loopback endpoint away from any HTTP proxy the caller has configured."""
+    entries = [entry for entry in current.split(",") if entry]
+    return ",".join(entries + [host for host in ("127.0.0.1", "localhost") if host not in entries])
+
+
+class Sandbox:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        # Kept so that processes started here are reaped here, not left as zombies.
+        self.started: list[subprocess.Popen] = []
+
+    # -- paths ------------------------------------------------------------------------------
+
+    @property
+    def status_file(self) -> Path:
+        return self.root / "sandbox.json"
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.root / "bin"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def up(self, spec: SandboxSpec) -> dict:
+        spec.validate()
+        if self.is_up():
+            raise SandboxError(f"a sandbox is already up in {self.root}; run `invoke sandbox.down` first")
+        self.down()  # leftovers of a sandbox that crashed
+        if not namespaces_available():
+            raise SandboxError(
+                "cannot create Linux namespaces here (needs root, or unprivileged user namespaces, and `unshare`)"
+            )
+        try:
+            return self.start(spec)
+        except BaseException as error:
+            self.down()
+            if isinstance(error, Exception) and not isinstance(error, SandboxError):
+                raise SandboxError(f"sandbox did not start: {error}") from error
+            raise
+
+    def start(self, spec: SandboxSpec) -> dict:
+        self.create_root()
+        endpoint = self.start_server()
+        clients = {service: sandbox_client(service, endpoint, spec.region, self.root) for service in ("s3", "eks", "sagemaker")}
+        cluster = create_cluster(spec, clients)
+        self.started += start_nodes(self.root, cluster).values()
+        status = self.initial_status(spec, cluster, endpoint)
+        self.status_file.write_text(json.dumps(status, indent=2) + "\n")
+        return status
+
+    def create_root(self) -> None:
+        self.root.mkdir(parents=True, mode=0o700)
+        (self.root / MARKER_FILE).touch()
+        # Our own AWS config files, so nothing in ~/.aws reaches the sandbox. The config holds only an
+        # empty [default] profile: with AWS_PROFILE=default a caller's own AWS_PROFILE is overridden.
+        (self.root / "aws-config").write_text("[default]\n")
+        (self.root / "aws-credentials").touch()
+        self.bin_dir.mkdir()
+        plugin = self.bin_dir / "session-manager-plugin"
+        plugin.write_text(plugin_wrapper(self.root))
+        plugin.chmod(0o755)
+
+    def start_server(self) -> str:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")])))
+        with open(self.root / "server.log", "wb") as log:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "collectors.sandbox.server", "--root", str(self.root)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=env,
+                start_new_session=True,  # outlives `invoke sandbox.up`
+            )
+        self.started.append(server)
+        record_process(self.root, {"server": process_identity(server.pid)})
+        return self.await_server(server)
+
+    def await_server(self, server: subprocess.Popen) -> str:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        server_file = self.root / "server.json"
+        while not server_file.exists():
+            if server.poll() is not None or time.monotonic() > deadline:
+                log_tail = (self.root / "server.log").read_text(errors="replace")[-2000:]
+                raise SandboxError(f"the sandbox AWS server did not start:\n{log_tail}")
+            time.sleep(0.02)
+        return json.loads(server_file.read_text())["endpoint"]
+
+    def down(self) -> None:
+        """Stop every recorded node and the server, then remove ROOT. Safe to repeat."""
+        if not self.root.exists():
+            return
+        if not (self.root / MARKER_FILE).exists():
+            raise SandboxError(f"{self.root} is not a sandbox folder; not touching it")
+        survivors = stop_nodes(self.root) + self.stop_server()
+        if survivors:
+            raise SandboxError(f"sandbox processes {survivors} did not stop; {self.root} is kept")
+        shutil.rmtree(self.root)
+
+    def stop_server(self) -> list[int]:
+        record = read_process_record(self.root)
+        if not record:
+            return []
+        server = record["server"]
+        kill_if_same(server, signal.SIGTERM)
+        if wait_until_gone([server], SERVER_STOP_TIMEOUT_S):
+            kill_if_same(server, signal.SIGKILL)
+        return wait_until_gone([server])
+
+    # -- inspection -------------------------------------------------------------------------
+
+    def is_up(self) -> bool:
+        record = read_process_record(self.root)
+        return bool(record) and is_same_process(*record["server"]) and self.status_file.exists()
+
+    def recorded_status(self) -> dict:
+        if not self.is_up():
+            raise SandboxError(f"no sandbox is up in {self.root}; run `invoke sandbox.up`")
+        return json.loads(self.status_file.read_text())
+
+    def status(self) -> dict:
+        """The recorded status, with node statuses as the emulated API reports them now."""
+        status = self.recorded_status()
+        sagemaker = sandbox_client("sagemaker", status["endpoint"], status["region"], self.root)
+        live = {node["InstanceId"]: node["InstanceStatus"]["Status"] for node in list_all_nodes(sagemaker, status["cluster"])}
+        for node in status["nodes"]:
+            node["status"] = live.get(node["instance_id"], "NotFound")
+        return status
+
+    def initial_status(self, spec: SandboxSpec, cluster: ClusterFacts, endpoint: str) -> dict:
+        server_pid = read_process_record(self.root)["server"][0]
+        return {
+            "cluster": cluster.name,
+            "cluster_arn": cluster.arn,
+            "cluster_id": cluster.arn.rsplit("/", 1)[-1],
+            "type": cluster.type,
+            "region": cluster.region,
+            "bucket": spec.bucket,
+            "s3_path": f"s3://{spec.bucket}/{REPORTS_PREFIX}",
+            "endpoint": endpoint,
+            "server_pid": server_pid,
+            "root": str(self.root),
+            "shell": spec.shell,
+            "nodes": [
+                {
+                    "instance_id": node.instance_id,
+                    "group": node.group,
+                    "instance_type": node.instance_type,
+                    "hostname": node.hostname,
+                    "ip": node.ip,
+                    "init_pid": read_init_pid(self.root, node.instance_id),
+                    "status": "Running",
+                }
+                for node in cluster.nodes
+            ],
+        }
+
+    def env(self) -> dict[str, str]:
+        """Environment for the toolkit, boto3 and the AWS CLI to use this sandbox instead of AWS."""
+        status = self.recorded_status()
+        no_proxy = merged_no_proxy(os.environ.get("NO_PROXY", os.environ.get("no_proxy", "")))
+        return {
+            "AWS_ENDPOINT_URL": status["endpoint"],
+            **FAKE_CREDENTIALS,
+            "AWS_DEFAULT_REGION": status["region"],
+            "AWS_REGION": status["region"],
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": str(self.root / "aws-config"),
+            "AWS_PROFILE": "default",
+            "AWS_SHARED_CREDENTIALS_FILE": str(self.root / "aws-credentials"),
+            "NO_PROXY": no_proxy,
+            "no_proxy": no_proxy,
+            "PATH": f"{self.bin_dir}:{os.environ.get('PATH', '')}",
+            "INVOKE_HYPERPOD_SANDBOX": "true",
+            "INVOKE_HYPERPOD_CLUSTER": status["cluster"],
+            "INVOKE_HYPERPOD_S3_PATH": status["s3_path"],
+            "INVOKE_HYPERPOD_REGION": status["region"],
+        }
+
+    # -- changing and using nodes -----------------------------------------------------------
+
+    def set_node_status(self, instance_id: str, status: str, message: str = "") -> None:
+        sandbox = self.recorded_status()
+        body = {"cluster": sandbox["cluster"], "region": sandbox["region"], "instance": instance_id, "status": status, "message": message}
+        request = urllib.request.Request(
+            f"{sandbox['endpoint']}/_emu/node-status", data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        # No proxy handler: the request must go straight to the loopback server.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            opener.open(request, timeout=10).close()
+        except urllib.error.HTTPError as error:
+            raise SandboxError(f"cannot set {instance_id} to {status}: {error.read().decode(errors='replace')}") from error
+
+    def node_exec(self, instance_id: str, argv: list[str]) -> subprocess.CompletedProcess:
+        """Run `argv` as root inside a node, with a node shell's clean environment."""
+        init_pid = read_init_pid(self.root, instance_id)
+        if init_pid is None:
+            raise SandboxError(f"sandbox node {instance_id} is not running")
+        command = nsenter_command(init_pid) + node_shell_env("dumb") + argv
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)

@@ -1,0 +1,451 @@
+"""The sandbox's AWS: moto in server mode on 127.0.0.1, patched for what HyperPod needs.
+
+Run as `python -m collectors.sandbox.server --root DIR` (control.py starts it detached). It binds
+127.0.0.1 on a free port and, once listening, writes DIR/server.json = {"pid", "port", "endpoint"}.
+
+moto lacks parts of the HyperPod API (Orchestrator, node addresses, working pagination, random-looking
+cluster ids) and SSM StartSession. The patches below add them; they touch moto internals, so
+`check_moto_internals()` runs first and stops the server loudly when those internals have moved.
+"""
+
+import argparse
+import functools
+import hashlib
+import inspect
+import json
+import os
+import secrets
+import threading
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import moto
+from moto.core.models import DEFAULT_ACCOUNT_ID
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from moto.sagemaker import models as sagemaker_models
+from moto.sagemaker.exceptions import ValidationError
+from moto.sagemaker.responses import SageMakerResponse
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+LISTEN_HOST = "127.0.0.1"
+SSM_TARGET_PREFIX = "sagemaker-cluster:"
+NODE_STATUSES = ("Running", "Pending", "ShuttingDown", "SystemUpdating", "Failure", "DeepHealthCheckInProgress")
+MAX_RESULTS_RANGE = range(1, 101)  # the real ListClusterNodes accepts 1..100
+
+# ---------------------------------------------------------------------------------------------
+# Deterministic stand-ins for what AWS assigns at random, so a sandbox is reproducible.
+
+
+def cluster_id_for(cluster_name: str) -> str:
+    """12 characters of [a-z0-9], like the last segment of a real cluster ARN."""
+    number = int.from_bytes(hashlib.sha256(cluster_name.encode()).digest(), "big")
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
+    digits = []
+    for _ in range(12):
+        number, digit = divmod(number, 36)
+        digits.append(alphabet[digit])
+    return "".join(digits)
+
+
+def instance_id_for(cluster_name: str, group: str, index: int) -> str:
+    return "i-0" + hashlib.sha256(f"{cluster_name}/{group}/{index}".encode()).hexdigest()[:16]
+
+
+def node_ip(node_index: int) -> str:
+    """Loopback addresses only, so nothing ever tries to reach a private-range address."""
+    return f"127.10.{node_index // 250}.{10 + node_index % 250}"
+
+
+def private_dns_hostname(ip: str, region: str) -> str:
+    return f"ip-{ip.replace('.', '-')}.{region}.compute.internal"
+
+
+def availability_zone_id(region: str) -> str:
+    """us-west-2 -> usw2-az1: the shape of a real AZ id."""
+    area, direction, number = region.split("-")
+    return f"{area}{direction[0]}{number}-az1"
+
+
+# ---------------------------------------------------------------------------------------------
+# moto patches
+
+
+def check_moto_internals() -> None:
+    """Fail loudly when the moto code these patches rely on has moved (moto is pinned to 5.2.*)."""
+    problems = []
+    if not moto.__version__.startswith("5.2."):
+        problems.append(f"moto {moto.__version__} is not 5.2.*")
+    expected_methods = {
+        sagemaker_models.Cluster: ["__init__", "describe"],
+        sagemaker_models.ClusterNode: ["__init__", "describe", "summary"],
+        sagemaker_models.SageMakerModelBackend: [
+            "create_cluster", "describe_cluster", "describe_cluster_node", "list_cluster_nodes", "delete_cluster",
+        ],
+        SageMakerResponse: ["create_cluster", "list_cluster_nodes"],
+    }
+    for owner, names in expected_methods.items():
+        problems += [f"{owner.__name__}.{name} is missing" for name in names if not hasattr(owner, name)]
+    cluster_params = list(inspect.signature(sagemaker_models.Cluster.__init__).parameters)
+    if cluster_params[:4] != ["self", "cluster_name", "region_name", "account_id"]:
+        problems.append(f"Cluster.__init__ parameters changed: {cluster_params}")
+    node_source = inspect.getsource(sagemaker_models.ClusterNode.__init__)
+    problems += [f"ClusterNode no longer sets {attr}" for attr in ("self.instance_id", "self.status") if attr not in node_source]
+    pagination = sagemaker_models.PAGINATION_MODEL.get("list_cluster_nodes", {})
+    if pagination.get("unique_attribute") != "arn":
+        problems.append(f"list_cluster_nodes pagination changed: {pagination}")
+    if problems:
+        raise RuntimeError("sandbox server: moto internals moved, patches would be wrong: " + "; ".join(problems))
+
+
+def resolve_cluster_name(backend, name_or_arn: str) -> str:
+    """Real APIs take the cluster name or its ARN; moto's ARN handling assumes the ARN ends in the name."""
+    for cluster in backend.clusters.values():
+        if cluster.arn == name_or_arn:
+            return cluster.cluster_name
+    return name_or_arn
+
+
+def accepting_cluster_arn(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if "cluster_name" in kwargs:
+            kwargs["cluster_name"] = resolve_cluster_name(self, kwargs["cluster_name"])
+        else:
+            args = (resolve_cluster_name(self, args[0]), *args[1:])
+        return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def with_cluster_id_arn(original_init: Callable) -> Callable:
+    @functools.wraps(original_init)
+    def init(self, cluster_name, region_name, account_id, *args, **kwargs):
+        original_init(self, cluster_name, region_name, account_id, *args, **kwargs)
+        # Real ARNs end in a random cluster id, not the name; SSM targets use that id.
+        self.arn = f"{self.arn.rsplit('/', 1)[0]}/{cluster_id_for(cluster_name)}"
+        self.orchestrator = None
+
+    return init
+
+
+def give_nodes_real_identities(cluster) -> None:
+    """Replace moto's `<group>-<i>` node ids with instance ids, and add addresses and placement."""
+    nodes = list(cluster.nodes.values())
+    cluster.nodes = {}
+    for node_index, node in enumerate(nodes):
+        _, _, index_in_group = node.instance_id.rpartition("-")
+        node.instance_id = instance_id_for(cluster.cluster_name, node.instance_group_name, int(index_in_group))
+        node.private_primary_ip = node_ip(node_index)
+        node.private_dns_hostname = private_dns_hostname(node.private_primary_ip, cluster.region_name)
+        node.placement = {
+            "AvailabilityZone": f"{cluster.region_name}a",
+            "AvailabilityZoneId": availability_zone_id(cluster.region_name),
+        }
+        node.status_message = ""
+        cluster.nodes[node.instance_id] = node
+
+
+def create_cluster_with_orchestrator(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def create_cluster(self):
+        result = original(self)
+        cluster = self.sagemaker_backend.clusters[self._get_param("ClusterName")]
+        cluster.orchestrator = self._get_param("Orchestrator")
+        give_nodes_real_identities(cluster)
+        return result
+
+    return create_cluster
+
+
+def list_cluster_nodes_with_limit_check(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def list_cluster_nodes(self):
+        max_results = self._get_param("MaxResults")
+        if max_results is not None and max_results not in MAX_RESULTS_RANGE:
+            raise ValidationError(
+                message=f"1 validation error detected: Value '{max_results}' at 'maxResults' failed to satisfy "
+                f"constraint: Member must have value between {MAX_RESULTS_RANGE.start} and {MAX_RESULTS_RANGE.stop - 1}"
+            )
+        return original(self)
+
+    return list_cluster_nodes
+
+
+def cluster_describe_with_orchestrator(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def describe(self):
+        description = original(self)
+        if self.orchestrator:
+            description["Orchestrator"] = self.orchestrator
+        return description
+
+    return describe
+
+
+def node_instance_status(node) -> dict:
+    return {"Status": node.status, "Message": node.status_message}
+
+
+def node_describe_with_addresses(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def describe(self):
+        details = original(self)
+        details["InstanceStatus"] = node_instance_status(self)
+        details["PrivatePrimaryIp"] = self.private_primary_ip
+        details["PrivateDnsHostname"] = self.private_dns_hostname
+        details["Placement"] = self.placement
+        return details
+
+    return describe
+
+
+def node_summary_with_hostname(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def summary(self):
+        node_summary = original(self)
+        node_summary["InstanceStatus"] = node_instance_status(self)
+        node_summary["PrivateDnsHostname"] = self.private_dns_hostname
+        return node_summary
+
+    return summary
+
+
+def apply_moto_patches() -> None:
+    check_moto_internals()
+    # moto's paginator keys pages on `arn`, which ClusterNode lacks (HTTP 500 with MaxResults).
+    sagemaker_models.ClusterNode.arn = property(lambda node: node.instance_id)
+    cluster_class = sagemaker_models.Cluster
+    cluster_class.__init__ = with_cluster_id_arn(cluster_class.__init__)
+    cluster_class.describe = cluster_describe_with_orchestrator(cluster_class.describe)
+    node_class = sagemaker_models.ClusterNode
+    node_class.describe = node_describe_with_addresses(node_class.describe)
+    node_class.summary = node_summary_with_hostname(node_class.summary)
+    backend = sagemaker_models.SageMakerModelBackend
+    for name in ("describe_cluster", "describe_cluster_node", "list_cluster_nodes", "delete_cluster"):
+        setattr(backend, name, accepting_cluster_arn(getattr(backend, name)))
+    SageMakerResponse.create_cluster = create_cluster_with_orchestrator(SageMakerResponse.create_cluster)
+    SageMakerResponse.list_cluster_nodes = list_cluster_nodes_with_limit_check(SageMakerResponse.list_cluster_nodes)
+
+
+apply_moto_patches()
+
+# ---------------------------------------------------------------------------------------------
+# Reading moto's state from the middleware
+
+
+def sagemaker_clusters(region: str | None = None) -> list:
+    """Clusters of the default account, in one region or in every region moto has created."""
+    account_backends = sagemaker_models.sagemaker_backends[DEFAULT_ACCOUNT_ID]
+    # dict.values() lists only the regions already created; the subscript would create one.
+    backends = [account_backends[region]] if region else list(dict.values(account_backends))
+    return [cluster for backend in backends for cluster in list(backend.clusters.values())]
+
+
+def find_cluster(name_or_arn: str, region: str | None = None):
+    for cluster in sagemaker_clusters(region):
+        if name_or_arn in (cluster.cluster_name, cluster.arn):
+            return cluster
+    return None
+
+
+def find_ssm_target_node(target: str, region: str):
+    """The node behind `sagemaker-cluster:{cluster-id}_{group}-{instance-id}`, or None."""
+    if not target.startswith(SSM_TARGET_PREFIX):
+        return None
+    cluster_id, _, group_and_instance = target[len(SSM_TARGET_PREFIX):].partition("_")
+    group, separator, instance_tail = group_and_instance.rpartition("-i-")
+    if not separator:
+        return None
+    for cluster in sagemaker_clusters(region):
+        if cluster.arn.rsplit("/", 1)[-1] == cluster_id:
+            node = cluster.nodes.get("i-" + instance_tail)
+            if node is not None and node.instance_group_name == group:
+                return node
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The middleware: handlers answer what moto lacks, everything else goes to moto
+
+
+def credential_scope(request: Request) -> list[str]:
+    """[access key, date, region, service, "aws4_request"] from a SigV4 header, else []."""
+    authorization = request.headers.get("Authorization", "")
+    if "Credential=" not in authorization:
+        return []
+    scope = authorization.split("Credential=", 1)[1].split(",", 1)[0].split("/")
+    return scope if len(scope) == 5 else []
+
+
+def json_response(body, status: int = 200, content_type: str = "application/json") -> Response:
+    return Response(json.dumps(body, default=str), status=status, content_type=content_type)
+
+
+def aws_json_error(code: str, message: str, status: int = 400) -> Response:
+    return json_response({"__type": code, "message": message}, status, "application/x-amz-json-1.1")
+
+
+Handler = Callable[[Request], Response | None]
+
+
+class RequestStats:
+    """Per-operation request counts, so tests can assert pagination and retries."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+
+    def count(self, request: Request) -> None:
+        with self.lock:
+            self.counts[self.key(request)] += 1
+
+    @staticmethod
+    def key(request: Request) -> str:
+        target = request.headers.get("X-Amz-Target")
+        if target:
+            return target
+        scope = credential_scope(request)
+        # moto routes unsigned and presigned requests to S3 as well.
+        service = scope[3] if scope else "s3"
+        first_path_segment = request.path.lstrip("/").split("/", 1)[0]
+        return f"{service} {request.method} {first_path_segment}"
+
+    def handle(self, request: Request) -> Response | None:
+        if request.path != "/_emu/stats":
+            return None
+        with self.lock:
+            snapshot = dict(self.counts)
+            if request.method == "DELETE":
+                self.counts.clear()
+        return json_response(snapshot)
+
+
+class SessionManager:
+    """SSM StartSession/TerminateSession for HyperPod targets, with a registry of sessions."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sessions: dict[str, dict] = {}
+
+    def handle(self, request: Request) -> Response | None:
+        target = request.headers.get("X-Amz-Target")
+        if target == "AmazonSSM.StartSession":
+            return self.start_session(request)
+        if target == "AmazonSSM.TerminateSession":
+            return self.terminate_session(request)
+        if request.path == "/_emu/sessions" and request.method == "GET":
+            with self.lock:
+                return json_response([dict(session_id=sid, **info) for sid, info in self.sessions.items()])
+        return None
+
+    def start_session(self, request: Request) -> Response:
+        scope = credential_scope(request)
+        region = scope[2] if scope else "us-east-1"
+        target = json.loads(request.get_data() or b"{}").get("Target", "")
+        node = find_ssm_target_node(target, region)
+        if node is None or node.status != "Running":
+            return aws_json_error("TargetNotConnected", f"{target} is not connected.")
+        user = scope[0] if scope else "sandbox"
+        session_id = f"{user}-{secrets.token_hex(9)[:17]}"
+        with self.lock:
+            self.sessions[session_id] = {"target": target, "started": utc_now(), "terminated": None}
+        return json_response(
+            {
+                "SessionId": session_id,
+                "TokenValue": secrets.token_urlsafe(96),
+                "StreamUrl": f"wss://ssmmessages.{region}.amazonaws.com/v1/data-channel/{session_id}"
+                "?role=publish_subscribe",
+            },
+            content_type="application/x-amz-json-1.1",
+        )
+
+    def terminate_session(self, request: Request) -> Response:
+        session_id = json.loads(request.get_data() or b"{}").get("SessionId", "")
+        with self.lock:
+            if session_id in self.sessions:
+                self.sessions[session_id]["terminated"] = utc_now()
+        return json_response({"SessionId": session_id}, content_type="application/x-amz-json-1.1")
+
+
+class NodeStatusControl:
+    """POST /_emu/node-status {"cluster", "instance", "status", "message"}: make a node unhealthy (or well)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def handle(self, request: Request) -> Response | None:
+        if request.path != "/_emu/node-status" or request.method != "POST":
+            return None
+        change = json.loads(request.get_data() or b"{}")
+        if change.get("status") not in NODE_STATUSES:
+            return json_response({"error": f"status must be one of {NODE_STATUSES}"}, 400)
+        cluster = find_cluster(change.get("cluster", ""), change.get("region"))
+        node = cluster.nodes.get(change.get("instance", "")) if cluster else None
+        if node is None:
+            return json_response({"error": f"no node {change.get('instance')} in cluster {change.get('cluster')}"}, 404)
+        with self.lock:
+            node.status = change["status"]
+            node.status_message = change.get("message", "")
+        return json_response(node_instance_status(node))
+
+
+class SandboxMiddleware:
+    """Counts requests, lets each handler in turn answer, and passes the rest to moto.
+
+    A handler returns a Response or None; it reads the request body only when it answers, because
+    moto reads the same WSGI input afterwards. Fault rules go first in `handlers`.
+    """
+
+    def __init__(self, moto_app, handlers: list[Handler], stats: RequestStats) -> None:
+        self.moto_app = moto_app
+        self.handlers = handlers
+        self.stats = stats
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        if not request.path.startswith("/_emu/"):
+            self.stats.count(request)
+        for handler in self.handlers:
+            response = handler(request)
+            if response is not None:
+                return response(environ, start_response)
+        return self.moto_app(environ, start_response)
+
+
+def build_app() -> SandboxMiddleware:
+    stats = RequestStats()
+    handlers = [stats.handle, SessionManager().handle, NodeStatusControl().handle]
+    return SandboxMiddleware(DomainDispatcherApplication(create_backend_app), handlers, stats)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data))
+    os.replace(temporary, path)
+
+
+def serve(root: Path) -> None:
+    server = make_server(LISTEN_HOST, 0, build_app(), threaded=True)
+    # make_server has bound and is listening: connections queue until serve_forever accepts them.
+    port = server.server_port
+    write_json_atomically(
+        root / "server.json", {"pid": os.getpid(), "port": port, "endpoint": f"http://{LISTEN_HOST}:{port}"}
+    )
+    server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True, help="sandbox folder; server.json is written there")
+    serve(parser.parse_args().root)
+
+
+if __name__ == "__main__":
+    main()
