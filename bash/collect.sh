@@ -38,7 +38,7 @@ hpc_take_upload_url() {
     unset HPC_UPLOAD_URL HPC_SCRIPT_URL
     if [[ -n $self && -f $self ]]; then
       export HPC_URL_ON_FD3=1
-      exec "$BASH" "$self" "$@" 3<<<"$HPC_URL"
+      exec "$BASH" "$self" 3<<<"$HPC_URL"
     fi
   fi
 }
@@ -216,7 +216,7 @@ hpc_finish() {
 }
 
 hpc_main() {
-  hpc_take_upload_url "$@"
+  hpc_take_upload_url
   hpc_read_inputs
   hpc_prepare
   hpc_progress "collecting $CLUSTER_TYPE node $INSTANCE_ID ($INSTANCE_GROUP) into $HPC_REPORT_NAME"
@@ -226,4 +226,4 @@ hpc_main() {
   hpc_finish
 }
 
-hpc_main "$@"
+hpc_main

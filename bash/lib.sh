@@ -15,8 +15,9 @@ readonly HPC_RC_DEADLINE=124     # the node-wide deadline had passed (timed_out=
 readonly HPC_RC_NO_SPACE=75      # the work root had less than HPC_MIN_FREE_MB free (EX_TEMPFAIL)
 readonly HPC_RC_INTERRUPTED=143  # the script had been sent TERM, INT or HUP
 
-# Seconds between an item's TERM and its KILL: a wedged nvidia-smi may ignore TERM.
-readonly HPC_KILL_GRACE=5
+# Seconds between an item's TERM and its KILL: a wedged nvidia-smi may ignore TERM, and
+# the node budget is better spent on the next item than on a long grace.
+readonly HPC_KILL_GRACE=3
 
 # Set by collect.sh once it is running; declared here so helpers work under `set -u`.
 HPC_ITEMS=0
@@ -73,10 +74,13 @@ hpc_size_bytes() {
   printf '%s\n' "${out:-0}"
 }
 
+# Free MB under $1, or nothing when df cannot tell (then no item is held back for it).
 hpc_free_mb() {
   local kb
   kb=$(df -Pk -- "$1" 2>/dev/null | awk 'NR == 2 { print $4 }') || true
-  printf '%s\n' "$(( ${kb:-0} / 1024 ))"
+  if [[ $kb =~ ^[0-9]+$ ]]; then
+    printf '%s\n' "$((kb / 1024))"
+  fi
 }
 
 # An item's prerequisite: an absolute path that must exist, or a command on PATH.
@@ -168,6 +172,9 @@ hpc_export_functions() {
 
 # `wait` returns early when a trapped signal arrives (the trap then stops the item);
 # wait again until the item has really ended, so its rc is the real one.
+# `timeout` makes its own process group (pgid = its pid). When it returns, whatever the
+# item left in that group (a TERM-ignoring child of a killed item, a stray `cmd &`) is
+# killed: an item never outlives its manifest row.
 hpc_wait_item() {
   local rc
   HPC_ITEM_PID=$1
@@ -177,6 +184,7 @@ hpc_wait_item() {
     wait "$HPC_ITEM_PID" || rc=$?
     ((HPC_WAIT_INTERRUPTED)) || break
   done
+  kill -KILL -- "-$HPC_ITEM_PID" 2>/dev/null || true
   HPC_ITEM_PID=""
   return "$rc"
 }
@@ -199,7 +207,7 @@ hpc_blocker() {
     printf 'node deadline of %ss reached\n' "$HPC_DEADLINE_SECONDS"
   else
     free_mb=$(hpc_free_mb "$HPC_WORK_DIR")
-    if ((free_mb < HPC_MIN_FREE_MB)); then
+    if [[ -n $free_mb ]] && ((free_mb < HPC_MIN_FREE_MB)); then
       printf 'only %s MB free under %s, need %s MB\n' "$free_mb" "$HPC_WORK_ROOT" "$HPC_MIN_FREE_MB"
     fi
   fi
