@@ -76,7 +76,10 @@ class SandboxSpec:
         if nodes == 1:
             return cls(type=type, groups=[GroupSpec("worker-group-1", "ml.g5.8xlarge", 1)])
         first = (nodes + 1) // 2
-        groups = [GroupSpec("worker-group-1", "ml.g5.8xlarge", first), GroupSpec("worker-group-2", "ml.p5.48xlarge", nodes - first)]
+        groups = [
+            GroupSpec("worker-group-1", "ml.g5.8xlarge", first),
+            GroupSpec("worker-group-2", "ml.p5.48xlarge", nodes - first),
+        ]
         return cls(type=type, groups=groups)
 
     def validate(self) -> None:
@@ -156,12 +159,15 @@ def instance_group_request(spec: SandboxSpec, group: GroupSpec) -> dict:
         "ExecutionRole": f"arn:aws:iam::{ACCOUNT_ID}:role/{spec.cluster}-execution-role",
         "ThreadsPerCore": 1,
         # moto insists on the `s3://sagemaker-` prefix, as the real service's IAM policies do.
-        "LifeCycleConfig": {"SourceS3Uri": f"s3://sagemaker-{spec.cluster}-lifecycle/config/", "OnCreate": "on_create.sh"},
+        "LifeCycleConfig": {
+            "SourceS3Uri": f"s3://sagemaker-{spec.cluster}-lifecycle/config/",
+            "OnCreate": "on_create.sh",
+        },
     }
 
 
-def vpc_config() -> dict:
-    return {"SecurityGroupIds": ["sg-0a1b2c3d4e5f60718"], "Subnets": ["subnet-0a1b2c3d4e5f60718"]}
+SECURITY_GROUP_IDS = ["sg-0a1b2c3d4e5f60718"]
+SUBNET_IDS = ["subnet-0a1b2c3d4e5f60718"]
 
 
 def create_orchestrator(spec: SandboxSpec, clients: dict) -> dict:
@@ -170,14 +176,16 @@ def create_orchestrator(spec: SandboxSpec, clients: dict) -> dict:
     eks_cluster = clients["eks"].create_cluster(
         name=f"{spec.cluster}-eks",
         roleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/{spec.cluster}-eks-role",
-        resourcesVpcConfig={"subnetIds": vpc_config()["Subnets"], "securityGroupIds": vpc_config()["SecurityGroupIds"]},
+        resourcesVpcConfig={"subnetIds": SUBNET_IDS, "securityGroupIds": SECURITY_GROUP_IDS},
     )
     return {"Eks": {"ClusterArn": eks_cluster["cluster"]["arn"]}}
 
 
 def create_bucket(spec: SandboxSpec, s3) -> None:
-    location = {} if spec.region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": spec.region}}
-    s3.create_bucket(Bucket=spec.bucket, **location)
+    if spec.region == "us-east-1":  # the one region that refuses a LocationConstraint
+        s3.create_bucket(Bucket=spec.bucket)
+    else:
+        s3.create_bucket(Bucket=spec.bucket, CreateBucketConfiguration={"LocationConstraint": spec.region})
 
 
 def ip_from_hostname(fqdn: str) -> str:
@@ -197,7 +205,7 @@ def create_cluster(spec: SandboxSpec, clients: dict) -> ClusterFacts:
     arn = clients["sagemaker"].create_cluster(
         ClusterName=spec.cluster,
         InstanceGroups=[instance_group_request(spec, group) for group in spec.groups],
-        VpcConfig=vpc_config(),
+        VpcConfig={"SecurityGroupIds": SECURITY_GROUP_IDS, "Subnets": SUBNET_IDS},
         Orchestrator=create_orchestrator(spec, clients),
     )["ClusterArn"]
     nodes = [
@@ -218,10 +226,11 @@ def create_cluster(spec: SandboxSpec, clients: dict) -> ClusterFacts:
 
 
 def namespaces_available() -> bool:
-    probe = ["unshare", "--mount", "--uts", "--pid", "--fork", "true"]
+    """Root may create mount, UTS and PID namespaces here (not in every container)."""
     if os.geteuid() != 0:
-        probe[1:1] = ["--user", "--map-root-user"]
+        return False
     try:
+        probe = ["unshare", "--mount", "--uts", "--pid", "--fork", "true"]
         return subprocess.run(probe, capture_output=True).returncode == 0
     except FileNotFoundError:
         return False
@@ -272,7 +281,8 @@ class Sandbox:
         self.down()  # leftovers of a sandbox that crashed
         if not namespaces_available():
             raise SandboxError(
-                "cannot create Linux namespaces here (needs root, or unprivileged user namespaces, and `unshare`)"
+                "the sandbox needs root and Linux mount, UTS and PID namespaces (util-linux `unshare`); "
+                "they are not available here"
             )
         try:
             return self.start(spec)
@@ -285,7 +295,9 @@ class Sandbox:
     def start(self, spec: SandboxSpec) -> dict:
         self.create_root()
         endpoint = self.start_server()
-        clients = {service: sandbox_client(service, endpoint, spec.region, self.root) for service in ("s3", "eks", "sagemaker")}
+        clients = {
+            service: sandbox_client(service, endpoint, spec.region, self.root) for service in ("s3", "eks", "sagemaker")
+        }
         cluster = create_cluster(spec, clients)
         self.started += start_nodes(self.root, cluster).values()
         status = self.initial_status(spec, cluster, endpoint)
@@ -305,7 +317,8 @@ class Sandbox:
         plugin.chmod(0o755)
 
     def start_server(self) -> str:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")])))
+        python_path = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))
+        env = dict(os.environ, PYTHONPATH=python_path)
         with open(self.root / "server.log", "wb") as log:
             server = subprocess.Popen(
                 [sys.executable, "-m", "collectors.sandbox.server", "--root", str(self.root)],
@@ -359,12 +372,14 @@ class Sandbox:
         return json.loads(self.status_file.read_text())
 
     def status(self) -> dict:
-        """The recorded status, with node statuses as the emulated API reports them now."""
+        """The recorded status, with each node's API status now and its PID 1 (None once it is gone)."""
         status = self.recorded_status()
         sagemaker = sandbox_client("sagemaker", status["endpoint"], status["region"], self.root)
-        live = {node["InstanceId"]: node["InstanceStatus"]["Status"] for node in list_all_nodes(sagemaker, status["cluster"])}
+        nodes_now = list_all_nodes(sagemaker, status["cluster"])
+        live = {node["InstanceId"]: node["InstanceStatus"]["Status"] for node in nodes_now}
         for node in status["nodes"]:
             node["status"] = live.get(node["instance_id"], "NotFound")
+            node["init_pid"] = read_init_pid(self.root, node["instance_id"])
         return status
 
     def initial_status(self, spec: SandboxSpec, cluster: ClusterFacts, endpoint: str) -> dict:
@@ -421,7 +436,13 @@ class Sandbox:
 
     def set_node_status(self, instance_id: str, status: str, message: str = "") -> None:
         sandbox = self.recorded_status()
-        body = {"cluster": sandbox["cluster"], "region": sandbox["region"], "instance": instance_id, "status": status, "message": message}
+        body = {
+            "cluster": sandbox["cluster"],
+            "region": sandbox["region"],
+            "instance": instance_id,
+            "status": status,
+            "message": message,
+        }
         request = urllib.request.Request(
             f"{sandbox['endpoint']}/_emu/node-status", data=json.dumps(body).encode(), method="POST",
             headers={"Content-Type": "application/json"},
@@ -431,7 +452,8 @@ class Sandbox:
         try:
             opener.open(request, timeout=10).close()
         except urllib.error.HTTPError as error:
-            raise SandboxError(f"cannot set {instance_id} to {status}: {error.read().decode(errors='replace')}") from error
+            reason = error.read().decode(errors="replace")
+            raise SandboxError(f"cannot set {instance_id} to {status}: {reason}") from error
 
     def node_exec(self, instance_id: str, argv: list[str]) -> subprocess.CompletedProcess:
         """Run `argv` as root inside a node, with a node shell's clean environment."""

@@ -41,6 +41,9 @@ echo ready
 # A PID 1 that reaps orphans, so daemons started in the node do not stay zombies.
 exec bash -c 'while :; do sleep 3600 & wait $!; done' </dev/null >/dev/null 2>&1
 """
+UNSHARE_COMMAND = [
+    "unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", NODE_INIT_SCRIPT,
+]
 STOP_TIMEOUT_S = 10.0
 
 
@@ -74,18 +77,15 @@ def node_dir(root: Path, instance_id: str) -> Path:
 
 def read_init_pid(root: Path, instance_id: str) -> int | None:
     """The node's PID 1 as a host PID, or None when the node is not running."""
-    record = read_process_record(node_dir(root, instance_id))
-    if not record or not is_same_process(*record["init"]):
+    init = (read_process_record(node_dir(root, instance_id)) or {}).get("init")
+    if not init or not is_same_process(*init):
         return None
-    return record["init"][0]
+    return init[0]
 
 
 def nsenter_command(init_pid: int) -> list[str]:
-    """Enter a node's namespaces (as root when we are root, else through our user namespace)."""
-    command = ["nsenter", "-t", str(init_pid), "-m", "-u", "-p", "--wd=/"]
-    if os.geteuid() != 0:
-        command[1:1] = ["--user", "--preserve-credentials"]
-    return command + ["--"]
+    """Enter a node's mount, UTS and PID namespaces, at its root folder."""
+    return ["nsenter", "-t", str(init_pid), "-m", "-u", "-p", "--wd=/", "--"]
 
 
 def node_shell_env(term: str) -> list[str]:
@@ -218,7 +218,10 @@ def resource_config(cluster: ClusterFacts) -> dict:
                 "InstanceId": node.instance_id,
             }
         )
-    return {"ClusterConfig": {"ClusterArn": cluster.arn, "ClusterName": cluster.name}, "InstanceGroups": list(groups.values())}
+    return {
+        "ClusterConfig": {"ClusterArn": cluster.arn, "ClusterName": cluster.name},
+        "InstanceGroups": list(groups.values()),
+    }
 
 
 def write_opt(directory: Path, resource_config_text: str) -> None:
@@ -253,7 +256,10 @@ def unit_list_table(units: list[list[str]]) -> str:
     """`systemctl list-units --type=service --all --no-pager`, column widths as systemd computes them."""
     header = ["UNIT", "LOAD", "ACTIVE", "SUB", "DESCRIPTION"]
     widths = [max(len(row[column]) for row in [header, *units]) for column in range(4)]
-    lines = ["  " + " ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " " + row[4] for row in [header, *units]]
+    lines = [
+        "  " + " ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " " + row[4]
+        for row in [header, *units]
+    ]
     footer = [
         "",
         "LOAD   = Reflects whether the unit definition was properly loaded.",
@@ -270,7 +276,10 @@ def unit_status(unit: list[str], variables: dict[str, str]) -> str:
     template = FIXTURES / "systemctl" / "status" / name
     if not template.exists():
         template = FIXTURES / "systemctl" / "status" / "_default"
-    active_line = f"active ({sub}) since {variables['since']}; 1h ago" if active == "active" else f"{active} ({sub})"
+    if active == "active":
+        active_line = f"active ({sub}) since {variables['since']}; 1h ago"
+    else:
+        active_line = f"{active} ({sub})"
     return render(template, {**variables, "unit": name, "description": description, "active_line": active_line})
 
 
@@ -290,7 +299,9 @@ def write_stand_ins(directory: Path, node: Node, cluster: ClusterFacts, variable
         shutil.copy(FIXTURES / "bin" / "nvidia-smi", bin_dir / "nvidia-smi")
 
 
-def prepare_node_dir(root: Path, node: Node, cluster: ClusterFacts, shared: dict[str, str], started_at: datetime) -> Path:
+def prepare_node_dir(
+    root: Path, node: Node, cluster: ClusterFacts, shared: dict[str, str], started_at: datetime
+) -> Path:
     directory = node_dir(root, node.instance_id)
     (directory / "tmp").mkdir(parents=True)
     (directory / "tmp").chmod(0o1777)
@@ -306,19 +317,12 @@ def prepare_node_dir(root: Path, node: Node, cluster: ClusterFacts, shared: dict
 # Starting and stopping
 
 
-def unshare_command() -> list[str]:
-    command = ["unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc", "--kill-child"]
-    if os.geteuid() != 0:
-        command[1:1] = ["--user", "--map-root-user"]
-    return command + ["sh", "-c", NODE_INIT_SCRIPT]
-
-
 def launch_node(directory: Path, node: Node) -> subprocess.Popen:
     env = {"PATH": os.environ.get("PATH", NODE_PATH), "NODE_HOSTNAME": node.hostname, "NODE_DIR": str(directory)}
     with open(directory / "init.log", "wb") as log:
         # Own session: the node outlives the process that started it (`invoke sandbox.up`).
         return subprocess.Popen(
-            unshare_command(), env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            UNSHARE_COMMAND, env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=log, start_new_session=True,
         )
 
@@ -342,16 +346,21 @@ def start_nodes(root: Path, cluster: ClusterFacts) -> dict[str, subprocess.Popen
     stop_nodes() finds even the nodes of a start that failed part-way.
     """
     started_at = datetime.now(timezone.utc)
-    shared = {"resource_config": json.dumps(resource_config(cluster), indent=4) + "\n", "hosts": hosts_file(cluster)}
+    shared = {
+        "resource_config": json.dumps(resource_config(cluster), indent=4) + "\n",
+        "hosts": hosts_file(cluster),
+    }
     launched = {}
     for node in cluster.nodes:
         directory = prepare_node_dir(root, node, cluster, shared, started_at)
-        launched[node.instance_id] = launch_node(directory, node)
-        record_process(directory, {"unshare": process_identity(launched[node.instance_id].pid)})
+        unshare = launch_node(directory, node)
+        launched[node.instance_id] = unshare
+        record_process(directory, {"unshare": process_identity(unshare.pid)})
     for instance_id, unshare in launched.items():
         directory = node_dir(root, instance_id)
         init_pid = await_node_init(directory, unshare)
-        record_process(directory, {"unshare": process_identity(unshare.pid), "init": process_identity(init_pid)})
+        record = read_process_record(directory)
+        record_process(directory, {**record, "init": process_identity(init_pid)})
         (directory / "init.pid").write_text(f"{init_pid}\n")
     return launched
 
@@ -369,5 +378,7 @@ def stop_nodes(root: Path) -> list[int]:
         # Killing PID 1 kills the node's whole PID namespace, and its unshare then exits. A node that
         # never got a PID 1 (a failed start) is stopped through its unshare (--kill-child).
         kill_if_same(record.get("init") or record["unshare"], signal.SIGKILL)
-    identities = [identity for record in records for identity in (record["unshare"], record.get("init")) if identity]
+    identities = [
+        identity for record in records for identity in (record["unshare"], record.get("init")) if identity
+    ]
     return wait_until_gone(identities)

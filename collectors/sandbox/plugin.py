@@ -47,13 +47,11 @@ def session_response(first_argument: str) -> dict:
 
 
 def instance_id_from_target(target: str) -> str:
-    """`sagemaker-cluster:{cluster-id}_{group}-{instance-id}` (or a plain instance id) -> instance id."""
+    """`sagemaker-cluster:{cluster-id}_{group}-{instance-id}` -> instance id (group names have no `_`)."""
     _, separator, tail = target.rpartition("-i-")
-    if separator:
-        return "i-" + tail
-    if target.startswith("i-"):
-        return target
-    raise SessionError(f"Target {target} is not a sandbox node")
+    if not target.startswith("sagemaker-cluster:") or not separator:
+        raise SessionError(f"Target {target} is not a HyperPod node")
+    return "i-" + tail
 
 
 def node_shell_command(root: Path, request: dict) -> list[str]:

@@ -92,7 +92,9 @@ def check_moto_internals() -> None:
     if cluster_params[:4] != ["self", "cluster_name", "region_name", "account_id"]:
         problems.append(f"Cluster.__init__ parameters changed: {cluster_params}")
     node_source = inspect.getsource(sagemaker_models.ClusterNode.__init__)
-    problems += [f"ClusterNode no longer sets {attr}" for attr in ("self.instance_id", "self.status") if attr not in node_source]
+    for attribute in ("self.instance_id", "self.status"):
+        if attribute not in node_source:
+            problems.append(f"ClusterNode.__init__ no longer sets {attribute}")
     pagination = sagemaker_models.PAGINATION_MODEL.get("list_cluster_nodes", {})
     if pagination.get("unique_attribute") != "arn":
         problems.append(f"list_cluster_nodes pagination changed: {pagination}")
@@ -167,7 +169,7 @@ def list_cluster_nodes_with_limit_check(original: Callable) -> Callable:
         if max_results is not None and max_results not in MAX_RESULTS_RANGE:
             raise ValidationError(
                 message=f"1 validation error detected: Value '{max_results}' at 'maxResults' failed to satisfy "
-                f"constraint: Member must have value between {MAX_RESULTS_RANGE.start} and {MAX_RESULTS_RANGE.stop - 1}"
+                f"constraint: Member must have value between 1 and {MAX_RESULTS_RANGE[-1]}"
             )
         return original(self)
 
@@ -227,7 +229,9 @@ def apply_moto_patches() -> None:
     for name in ("describe_cluster", "describe_cluster_node", "list_cluster_nodes", "delete_cluster"):
         setattr(backend, name, accepting_cluster_arn(getattr(backend, name)))
     SageMakerResponse.create_cluster = create_cluster_with_orchestrator(SageMakerResponse.create_cluster)
-    SageMakerResponse.list_cluster_nodes = list_cluster_nodes_with_limit_check(SageMakerResponse.list_cluster_nodes)
+    SageMakerResponse.list_cluster_nodes = list_cluster_nodes_with_limit_check(
+        SageMakerResponse.list_cluster_nodes
+    )
 
 
 apply_moto_patches()
@@ -385,7 +389,8 @@ class NodeStatusControl:
         cluster = find_cluster(change.get("cluster", ""), change.get("region"))
         node = cluster.nodes.get(change.get("instance", "")) if cluster else None
         if node is None:
-            return json_response({"error": f"no node {change.get('instance')} in cluster {change.get('cluster')}"}, 404)
+            missing = f"no node {change.get('instance')} in cluster {change.get('cluster')}"
+            return json_response({"error": missing}, 404)
         with self.lock:
             node.status = change["status"]
             node.status_message = change.get("message", "")

@@ -7,12 +7,13 @@ starts is taken down when the module ends, whether its tests passed or not.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from collectors.sandbox import Sandbox, SandboxSpec
-from tests.conftest import require_namespaces
+from tests.conftest import require, require_namespaces
 
 SandboxFactory = Callable[[SandboxSpec], tuple[Sandbox, dict, dict[str, str]]]
 
@@ -23,6 +24,7 @@ def sandbox_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbo
 
     def start(spec: SandboxSpec) -> tuple[Sandbox, dict, dict[str, str]]:
         require_namespaces()
+        require(os.geteuid() == 0, "the sandbox needs root (its nodes mount over /var/log, /opt and /tmp)")
         # up() creates the root itself and refuses a folder that exists already.
         sandbox = Sandbox(tmp_path_factory.mktemp("sandbox") / "root")
         started.append(sandbox)

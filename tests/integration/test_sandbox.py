@@ -84,7 +84,8 @@ def test_list_cluster_nodes_pages_through_every_node(slurm_sandbox):
     emu(status, "/_emu/stats", "DELETE")
     pages, token = [], None
     while True:
-        page = sagemaker.list_cluster_nodes(ClusterName=status["cluster"], MaxResults=3, **({"NextToken": token} if token else {}))
+        paging = {"NextToken": token} if token else {}
+        page = sagemaker.list_cluster_nodes(ClusterName=status["cluster"], MaxResults=3, **paging)
         pages.append(page["ClusterNodeSummaries"])
         token = page.get("NextToken")
         if not token:
@@ -103,7 +104,8 @@ def test_nodes_are_described_by_name_or_arn_with_their_addresses(eks_sandbox):
     _, status, _ = eks_sandbox
     sagemaker = client(status, "sagemaker")
     node = status["nodes"][2]
-    details = sagemaker.describe_cluster_node(ClusterName=status["cluster_arn"], NodeId=node["instance_id"])["NodeDetails"]
+    described = sagemaker.describe_cluster_node(ClusterName=status["cluster_arn"], NodeId=node["instance_id"])
+    details = described["NodeDetails"]
     assert details["PrivatePrimaryIp"] == node["ip"]
     assert details["PrivateDnsHostname"] == f"{node['hostname']}.us-west-2.compute.internal"
     assert details["Placement"]["AvailabilityZone"] == "us-west-2a"
@@ -116,12 +118,14 @@ def test_nodes_are_described_by_name_or_arn_with_their_addresses(eks_sandbox):
 def test_each_node_has_its_own_hostname_files_and_processes(eks_sandbox):
     sandbox, status, _ = eks_sandbox
     for node in status["nodes"]:
-        result = sandbox.node_exec(node["instance_id"], ["sh", "-c", "hostname; cat /var/log/aws/clusters/*.log; ps -e | wc -l"])
+        script = "hostname; cat /var/log/aws/clusters/*.log; ps -e | wc -l"
+        result = sandbox.node_exec(node["instance_id"], ["sh", "-c", script])
         lines = result.stdout.splitlines()
         assert result.returncode == 0 and lines[0] == node["hostname"]
         assert node["instance_id"] in result.stdout
         assert int(lines[-1]) < 10  # only the node's own processes are visible
-        assert {n["instance_id"] for n in status["nodes"]} - {node["instance_id"]} & set(result.stdout.split()) == set()
+        other_nodes = {n["instance_id"] for n in status["nodes"]} - {node["instance_id"]}
+        assert not other_nodes & set(result.stdout.split())
 
 
 def test_aws_ssm_start_session_opens_a_root_shell_on_that_node(eks_sandbox):
