@@ -14,8 +14,9 @@ import pexpect
 import pytest
 
 from collectors.errors import SandboxError
-from collectors.sandbox import GroupSpec, SandboxSpec, sandbox_client
+from collectors.sandbox import GroupSpec, Sandbox, SandboxSpec, sandbox_client
 from collectors.sandbox.nodes import is_same_process, read_process_record
+from tests.conftest import require, require_namespaces
 
 PROMPT = r"[#$] $"
 MARKER = 'S=__x_; T=y__; echo "$S$T"'  # prints __x_y__, which its own echo does not contain
@@ -205,3 +206,26 @@ def test_the_loopback_guard_refuses_real_aws_without_sending(eks_sandbox, monkey
     with pytest.raises(SandboxError, match="refusing"):
         s3.list_buckets()
     assert sent == []
+
+
+def processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            pass  # exited while we looked
+    return pids
+
+
+def test_a_start_that_fails_part_way_leaves_nothing_behind(tmp_path):
+    require_namespaces()
+    require(os.geteuid() == 0, "the sandbox needs root")
+    sandbox = Sandbox(tmp_path / "root")
+    # moto, like the real API, refuses an instance type it does not offer for HyperPod.
+    spec = SandboxSpec(groups=[GroupSpec("worker-group-1", "ml.g6.xlarge", 1)])
+    with pytest.raises(SandboxError, match="InstanceType"):
+        sandbox.up(spec)
+    assert not sandbox.root.exists()
+    assert processes_mentioning(str(sandbox.root)) == []
