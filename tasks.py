@@ -53,6 +53,10 @@ def reports_errors(body: Callable[..., Any]) -> Callable[..., Any]:
             raise Exit(f"error: {exc}", code=exc.exit_code) from None
         except KeyboardInterrupt:
             raise Exit("interrupted", code=EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            # The reader of our stdout went away (`… | head`): not an error worth a traceback.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
         if code:
             raise Exit(code=code)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import threading
-import urllib.parse
 from typing import Any
 
 import boto3
@@ -16,20 +15,8 @@ import botocore.config
 import botocore.exceptions
 
 from collectors.errors import SandboxError, UsageError
+from collectors.loopback import is_loopback_url, refuse_non_loopback
 from collectors.settings import Settings
-
-LOOPBACK_HOSTS = ("localhost",)
-
-
-def is_loopback_url(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
-
-
-def _refuse_non_loopback(request: Any, **_: Any) -> None:
-    if not is_loopback_url(request.url):
-        raise SandboxError(f"sandbox mode: refusing a request to a non-loopback endpoint {request.url.split('?')[0]}")
-
 
 class Aws:
     """Clients for one settings object; one client per service, shared by threads (boto3 clients are thread safe)."""
@@ -67,7 +54,7 @@ class Aws:
         )
         client = self.session.client(service, config=config)
         if self.settings.sandbox:
-            client.meta.events.register("before-send", _refuse_non_loopback)
+            client.meta.events.register("before-send", refuse_non_loopback)
             if not is_loopback_url(client.meta.endpoint_url):
                 raise SandboxError(f"sandbox mode: {service} endpoint {client.meta.endpoint_url} is not on loopback; "
                                    'run `eval "$(invoke sandbox.env)"` first')

@@ -8,8 +8,6 @@ from collectors.sandbox.control import (
     Sandbox,
     SandboxSpec,
     default_root,
-    is_loopback_url,
-    refuse_non_loopback,
     sandbox_client,
 )
 
@@ -18,7 +16,5 @@ __all__ = [
     "Sandbox",
     "SandboxSpec",
     "default_root",
-    "is_loopback_url",
-    "refuse_non_loopback",
     "sandbox_client",
 ]

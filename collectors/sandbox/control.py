@@ -6,7 +6,6 @@ the stand-in session-manager-plugin (plugin.py) in ROOT/bin. Every process is re
 and start time, so a later process (`invoke sandbox.down`) can stop exactly those.
 """
 
-import ipaddress
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from collectors.loopback import refuse_non_loopback
 from collectors.errors import SandboxError
 from collectors.sandbox.nodes import (
     ClusterFacts,
@@ -104,22 +104,6 @@ def default_root() -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # AWS clients that can only talk to the sandbox
-
-
-def is_loopback_url(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a DNS name other than localhost could resolve anywhere
-
-
-def refuse_non_loopback(request, **_) -> None:
-    """botocore `before-send` hook: in sandbox mode nothing may leave 127.0.0.0/8."""
-    if not is_loopback_url(request.url):
-        raise SandboxError(f"sandbox: refusing to send a request to {request.url} (only loopback is allowed)")
 
 
 def sandbox_client(service: str, endpoint: str, region: str, root: Path):

@@ -28,7 +28,7 @@ GPU_TABLES = {
     "ml.p4d.24xlarge": "a100-sxm4-40gb.txt",
 }
 ORCHESTRATOR_UNITS = {"eks": "Kubernetes Kubelet", "slurm": "Slurm node daemon"}
-NODE_INIT_SCRIPT = """
+NODE_INIT_SCRIPT = f"""
 set -e
 hostname "$NODE_HOSTNAME"
 mount --bind "$NODE_DIR/varlog" /var/log
@@ -38,8 +38,10 @@ mount --bind "$NODE_DIR/hosts" /etc/hosts
 # /tmp last: it may hide $NODE_DIR itself.
 mount --bind "$NODE_DIR/tmp" /tmp
 echo ready
-# A PID 1 that reaps orphans, so daemons started in the node do not stay zombies.
-exec bash -c 'while :; do sleep 3600 & wait $!; done' </dev/null >/dev/null 2>&1
+# A PID 1 that reaps orphans, so daemons started in the node do not stay zombies; with a
+# clean environment, as a node's own init would have (nothing of the host's).
+exec env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  bash -c 'while :; do sleep 3600 & wait $!; done' </dev/null >/dev/null 2>&1
 """
 UNSHARE_COMMAND = [
     "unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", NODE_INIT_SCRIPT,

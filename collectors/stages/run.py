@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from collectors import console
-from collectors.aws import error_code
+from collectors.aws import describe_aws_error, error_code
 from collectors.context import StageContext
 from collectors.errors import Interrupted, UsageError
 from collectors.runner import fan_out
@@ -94,8 +94,9 @@ class NodeCollector:
         self.bucket = self.state.data["s3"]["bucket"]
         self.run_prefix = self.state.data["s3"]["run_prefix"]
         self.script_key = self.state.data["stages"]["upload"]["script_key"]
+        self.ssm = ctx.aws.client("ssm")
         self.transport = SsmCliTransport(ctx.aws.region, ctx.settings.profile, ctx.settings.timeouts,
-                                         ctx.aws.cli_env())
+                                         ctx.aws.cli_env(), self.terminate_session)
         self.transcripts = self.state.run_dir / "transcripts"
 
     def collect(self, node: dict[str, Any]) -> dict[str, Any]:
@@ -109,6 +110,12 @@ class NodeCollector:
         outcome.update(attempts=attempts, started=started, finished=utc_now(),
                        elapsed=round(time.monotonic() - clock, 2), transcript=str(self.transcript(node)))
         return outcome
+
+    def terminate_session(self, session_id: str) -> None:
+        try:
+            self.ssm.terminate_session(SessionId=session_id)
+        except Exception as exc:  # noqa: BLE001 - best effort; SSM ends idle sessions by itself
+            console.log(f"warning: could not terminate SSM session {session_id}: {describe_aws_error(exc)}")
 
     def crashed(self, node: dict[str, Any], text: str) -> dict[str, Any]:
         return {"status": FAILED, "error_kind": "internal_error", "error": text, "finished": utc_now()}

@@ -13,7 +13,7 @@ import re
 import secrets as random_tokens
 import shlex
 import time
-from typing import Any
+from typing import Any, Callable
 
 import pexpect
 
@@ -32,6 +32,7 @@ LEADING_PROMPTS_RE = re.compile(r"^(?:\S*[#$] )+")
 OUTPUT_TAIL_LINES = 200
 EXIT_WAIT = 10
 POLL = 0.5
+GIVEN_UP = (SESSION_TIMEOUT, SESSION_INTERRUPTED, SESSION_DROPPED)
 
 
 class Cancelled(Exception):
@@ -41,11 +42,14 @@ class Cancelled(Exception):
 class SsmCliTransport:
     """Sessions through the AWS CLI, exactly as an engineer would open them by hand."""
 
-    def __init__(self, region: str, profile: str | None, timeouts: Timeouts, env: dict[str, str]):
+    def __init__(self, region: str, profile: str | None, timeouts: Timeouts, env: dict[str, str],
+                 terminate: Callable[[str], None]):
         self.region = region
         self.profile = profile
         self.timeouts = timeouts
         self.env = env
+        # Ends a session on the SSM side; killing our local client alone would leave it open.
+        self.terminate = terminate
 
     def argv(self, target: str) -> list[str]:
         argv = ["aws", "ssm", "start-session", "--target", target, "--region", self.region]
@@ -64,10 +68,13 @@ class SsmCliTransport:
             return SessionResult(SESSION_START_FAILED, error=f"cannot start {argv[0]}: {exc}", step="spawn")
         child.logfile_read = log
         try:
-            return Session(child, job, self.timeouts, cancel).drive()
+            result = Session(child, job, self.timeouts, cancel).drive()
         finally:
             _close(child)
             log.close()
+        if result.session_id and result.kind in GIVEN_UP:
+            self.terminate(result.session_id)
+        return result
 
 
 class Session:
@@ -114,7 +121,8 @@ class Session:
         assignments = " ".join(f"{name}={shlex.quote(value)}" for name, value in self.job.env.items())
         lines.append(
             f"S=__hpc_; T=done_{self.nonce}__; d=$(mktemp -d /tmp/hpc-run.XXXXXX) && "
-            f'curl -fsS --retry 3 -o "$d/collector_script.sh" "$HPC_SCRIPT_URL" && '
+            # The URL goes to curl on stdin, never in its argv where `ps` on the node would show it.
+            f'printf \'url = "%s"\\n\' "$HPC_SCRIPT_URL" | curl -fsS --retry 3 -o "$d/collector_script.sh" -K - && '
             f'{assignments} bash "$d/collector_script.sh"; rc=$?; rm -rf "$d"; echo "$S$T:$rc"')
         too_long = [line.split("=", 1)[0] for line in lines if len(line.encode()) > MAX_TYPED_LINE]
         if too_long:
