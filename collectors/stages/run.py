@@ -138,6 +138,12 @@ class NodeCollector:
             "get_object", Params={"Bucket": self.bucket, "Key": self.script_key}, ExpiresIn=expiry)
         upload_url = self.s3.generate_presigned_url(
             "put_object", Params={"Bucket": self.bucket, "Key": self.tarball_key(node)}, ExpiresIn=expiry)
+        secrets = {"HPC_SCRIPT_URL": script_url, "HPC_UPLOAD_URL": upload_url}
+        # Other objects the upload stage put in S3 for the nodes (env var name -> key), e.g. a pinned
+        # EKS log collector: nodes often have no internet, so they fetch it from the run's prefix.
+        for name, key in self.state.data["stages"]["upload"].get("node_downloads", {}).items():
+            secrets[name] = self.s3.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expiry)
         cluster = self.state.cluster
         return NodeJob(
             instance_id=node["instance_id"],
@@ -145,7 +151,7 @@ class NodeCollector:
             env={"INSTANCE_GROUP": node["group"], "INSTANCE_ID": node["instance_id"],
                  "CLUSTER_TYPE": cluster["type"],
                  "HPC_DEADLINE_SECONDS": str(max(60, self.ctx.settings.timeouts.node_script - NODE_DEADLINE_MARGIN))},
-            secrets={"HPC_SCRIPT_URL": script_url, "HPC_UPLOAD_URL": upload_url},
+            secrets=secrets,
             transcript=self.transcript(node))
 
     def judge(self, node: dict[str, Any], result: SessionResult) -> dict[str, Any]:
