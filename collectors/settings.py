@@ -27,9 +27,15 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "sandbox": (False, "sandbox mode: refuse every AWS endpoint that is not on loopback"),
     "sandbox_dir": (None, "where the local emulated HyperPod keeps its state"),
     "presign_expiry": (7200, "seconds a presigned script/upload URL stays valid"),
-    "throttle_retries": (8, "StartSession attempts per node when AWS throttles"),
+    "session_mode": ("detached", "detached: sessions only launch the node script; attached: wait in the session"),
+    "session_client": ("direct", "direct: boto3 StartSession + session-manager-plugin; cli: aws ssm start-session"),
+    "session_rate": (2.5, "StartSession calls per second at most (AWS allows about 3 per account)"),
+    "session_attempts": (3, "sessions tried per node when a launch fails or drops (throttling aside)"),
+    "poll_interval": (5, "seconds between S3 checks for finished nodes (detached mode)"),
 }
+CHOICES = {"session_mode": ("detached", "attached"), "session_client": ("direct", "cli")}
 TIMEOUTS_SCHEMA: dict[str, tuple[int, str]] = {
+    "run": (7200, "seconds the whole run stage may take; throttled nodes are retried until then"),
     "session_prompt": (60, "seconds to wait for a session to start and answer"),
     "node_script": (900, "seconds a node may take to collect and upload"),
     "kubectl": (600, "seconds per kubectl command"),
@@ -70,6 +76,7 @@ def check_environment(environ: Mapping[str, str]) -> None:
 
 @dataclass(frozen=True)
 class Timeouts:
+    run: int = 7200
     session_prompt: int = 60
     node_script: int = 900
     kubectl: int = 600
@@ -108,7 +115,11 @@ class Settings:
     sandbox: bool = False
     sandbox_dir: str | None = None
     presign_expiry: int = 7200
-    throttle_retries: int = 8
+    session_mode: str = "detached"
+    session_client: str = "direct"
+    session_rate: float = 2.5
+    session_attempts: int = 3
+    poll_interval: int = 5
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     @classmethod
@@ -160,9 +171,14 @@ def _typed(key: str, value: Any, default: Any) -> Any:
         return _as_bool(where, value)
     if isinstance(default, int):
         return _as_positive_int(where, value)
-    if isinstance(value, (str, Path)):
-        return value
-    raise UsageError(f"config {where} must be a string, got {value!r}")
+    if isinstance(default, float):
+        return _as_positive_float(where, value)
+    if not isinstance(value, (str, Path)):
+        raise UsageError(f"config {where} must be a string, got {value!r}")
+    allowed = CHOICES.get(key.rsplit(".", 1)[-1])
+    if allowed and value not in allowed:
+        raise UsageError(f"config {where} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
 
 
 def _as_bool(where: str, value: Any) -> bool:
@@ -185,6 +201,16 @@ def _as_positive_int(where: str, value: Any) -> int:
         raise UsageError(f"config {where} must be a positive integer, got {value!r}") from None
     if number < 1:
         raise UsageError(f"config {where} must be a positive integer, got {value!r}")
+    return number
+
+
+def _as_positive_float(where: str, value: Any) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) else -1.0
+    except (TypeError, ValueError):
+        number = -1.0
+    if not number > 0:
+        raise UsageError(f"config {where} must be a positive number, got {value!r}")
     return number
 
 

@@ -102,7 +102,7 @@ class NodeCollector:
     def collect(self, node: dict[str, Any]) -> dict[str, Any]:
         started, clock = utc_now(), time.monotonic()
         attempts, result = 0, None
-        for attempts in range(1, self.ctx.settings.throttle_retries + 1):
+        for attempts in range(1, 9):
             result = self.transport.run(self.job(node), self.ctx.cancel)
             if result.kind != SESSION_THROTTLED or not self.back_off(attempts):
                 break
