@@ -34,6 +34,10 @@ COMMON_HELP = {
     "nodes": "only these nodes: i-…, hyperpod-i-…, ip-a-b-c-d (repeatable or comma-separated; '-' reads stdin)",
     "command": "extra command to run on every node, in its own output file (repeatable)",
     "max_workers": "most node sessions open at once (default 16)",
+    "session_mode": "detached (default: sessions only launch the node script) or attached (wait in the session)",
+    "session_client": "direct (default: boto3 StartSession + session-manager-plugin) or cli (aws ssm start-session)",
+    "session_rate": "StartSession calls per second at most (default 2.5; AWS allows about 3)",
+    "quiet": "no line per node, only the end result",
     "json": "print JSON on stdout (logs stay on stderr)",
 }
 
@@ -85,9 +89,9 @@ def _options(**options: Any) -> dict[str, Any]:
 
 
 def _stage(ctx, name: str, *, cluster=None, s3_path=None, region=None, profile=None, max_workers=None,
-           **options: Any) -> int:
+           session=None, **options: Any) -> int:
     settings = _settings(ctx, cluster=cluster, s3_path=s3_path, region=region, profile=profile,
-                         max_workers=max_workers)
+                         max_workers=max_workers, **(session or {}))
     return pipeline.run_stage(name, settings, _options(**options))
 
 
@@ -95,15 +99,17 @@ def _stage(ctx, name: str, *, cluster=None, s3_path=None, region=None, profile=N
 
 @task(iterable=["instance_groups", "nodes", "command"],
       help=_help("cluster", "s3_path", "region", "profile", "instance_groups", "nodes", "command", "max_workers",
+                 "session_mode", "session_client", "session_rate", "quiet",
                  download="download the node tarballs when collection ends (default: yes)"))
 @reports_errors
 def collect(ctx, cluster=None, s3_path=None, region=None, profile=None, instance_groups=None, nodes=None,
-            command=None, max_workers=None, download=True):
+            command=None, max_workers=None, session_mode=None, session_client=None, session_rate=None, quiet=False,
+            download=True):
     """Collect diagnostics from every node: discover, render, upload, kubectl, run, summarize, download."""
     settings = _settings(ctx, cluster=cluster, s3_path=s3_path, region=region, profile=profile,
-                         max_workers=max_workers)
+                         max_workers=max_workers, **_session_flags(session_mode, session_client, session_rate))
     return pipeline.collect(settings, _options(instance_groups=instance_groups, nodes=nodes, commands=command,
-                                               download=download))
+                                               download=download, quiet=quiet))
 
 
 @task(iterable=["instance_groups", "nodes"],
@@ -139,15 +145,22 @@ def kubectl(ctx, cluster=None, region=None, profile=None, run_id=None):
 
 
 @task(name="run", iterable=["nodes"],
-      help=_help("cluster", "region", "profile", "run_id", "nodes", "max_workers",
+      help=_help("cluster", "region", "profile", "run_id", "nodes", "max_workers", "session_mode", "session_client",
+                 "session_rate", "quiet", "json",
                  nodes="only these nodes of the run: i-…, hyperpod-i-…, ip-a-b-c-d ('-' reads stdin)",
-                 retry_failed="also collect again the nodes that failed, timed out or were unreachable"))
+                 retry_failed="also collect again the nodes that failed, timed out or were unreachable",
+                 json="one JSON line per node outcome on stdout"))
 @reports_errors
 def run_nodes(ctx, cluster=None, region=None, profile=None, run_id=None, nodes=None, max_workers=None,
-              retry_failed=False):
-    """Collect from the run's nodes that have not finished (one session per node)."""
+              session_mode=None, session_client=None, session_rate=None, retry_failed=False, quiet=False, json=False):
+    """Collect from the run's nodes that have not finished (one session per node, paced)."""
     return _stage(ctx, "run", cluster=cluster, region=region, profile=profile, max_workers=max_workers,
-                  run_id=run_id, nodes=nodes, retry_failed=retry_failed)
+                  session=_session_flags(session_mode, session_client, session_rate),
+                  run_id=run_id, nodes=nodes, retry_failed=retry_failed, quiet=quiet, json=json)
+
+
+def _session_flags(mode, client, rate) -> dict[str, Any]:
+    return {"session_mode": mode, "session_client": client, "session_rate": rate}
 
 
 @task(help=_help("cluster", "region", "profile", "run_id", "json"))

@@ -24,7 +24,7 @@ class Aws:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._lock = threading.Lock()
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[tuple[str, int], Any] = {}
         if settings.sandbox:
             check_sandbox_environment()
         try:
@@ -38,16 +38,16 @@ class Aws:
     def region(self) -> str:
         return self.session.region_name
 
-    def client(self, service: str) -> Any:
+    def client(self, service: str, retries: int = 5) -> Any:
         with self._lock:
-            if service not in self._clients:
-                self._clients[service] = self._make_client(service)
-            return self._clients[service]
+            if (service, retries) not in self._clients:
+                self._clients[service, retries] = self._make_client(service, retries)
+            return self._clients[service, retries]
 
-    def _make_client(self, service: str) -> Any:
+    def _make_client(self, service: str, retries: int) -> Any:
         # Adaptive retries smooth throttling storms when many threads share one client.
         config = botocore.config.Config(
-            retries={"mode": "adaptive", "max_attempts": 5},
+            retries={"mode": "adaptive" if retries > 1 else "standard", "max_attempts": retries},
             max_pool_connections=max(10, self.settings.max_workers * 2),
             connect_timeout=10,
             read_timeout=60,

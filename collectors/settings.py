@@ -27,7 +27,7 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "sandbox": (False, "sandbox mode: refuse every AWS endpoint that is not on loopback"),
     "sandbox_dir": (None, "where the local emulated HyperPod keeps its state"),
     "presign_expiry": (7200, "seconds a presigned script/upload URL stays valid"),
-    "session_mode": ("detached", "detached: sessions only launch the node script; attached: wait in the session"),
+    "session_mode": ("attached", "detached: sessions only launch the node script; attached: wait in the session"),
     "session_client": ("direct", "direct: boto3 StartSession + session-manager-plugin; cli: aws ssm start-session"),
     "session_rate": (2.5, "StartSession calls per second at most (AWS allows about 3 per account)"),
     "session_attempts": (3, "sessions tried per node when a launch fails or drops (throttling aside)"),
@@ -115,7 +115,7 @@ class Settings:
     sandbox: bool = False
     sandbox_dir: str | None = None
     presign_expiry: int = 7200
-    session_mode: str = "detached"
+    session_mode: str = "attached"
     session_client: str = "direct"
     session_rate: float = 2.5
     session_attempts: int = 3
@@ -141,8 +141,9 @@ class Settings:
         bad = set(given) - names
         if bad:
             raise ValueError(f"not settings: {sorted(bad)}")  # a programming error, not user input
-        if "max_workers" in given:
-            given["max_workers"] = _typed("max_workers", given["max_workers"], 16)
+        for key, value in given.items():
+            if key in SCHEMA:
+                given[key] = _typed(key, value, SCHEMA[key][0])
         return replace(self, **given)
 
     def require_cluster(self) -> str:

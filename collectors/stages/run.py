@@ -1,12 +1,18 @@
-"""run: one session per node; each node fetches the script, collects, and uploads its own tarball.
+"""run: one session per node to launch the node script; nodes fetch it, collect, and upload.
 
-Which nodes: those not finished yet (pending or interrupted), plus the failed ones with
-`--retry-failed`. A node that already ended ok is never collected twice.
+Detached mode (the default): a session only launches the script, which survives the session;
+completion is read from a small status object each node puts in S3, found by listing the
+run's `status/` prefix (one List call per 1000 nodes per poll). Attached mode waits in the
+session, as the earlier tool did.
+
+Which nodes: those not finished yet (pending, running, interrupted), plus the failed ones with
+`--retry-failed`. A node that already ended ok is never collected twice; a node whose script
+is still running from an earlier invocation is waited for, not started again.
 """
 
 from __future__ import annotations
 
-import random
+import json
 import time
 from typing import Any
 
@@ -14,55 +20,52 @@ from collectors import console
 from collectors.aws import describe_aws_error, error_code
 from collectors.context import StageContext
 from collectors.errors import Interrupted, UsageError
-from collectors.runner import fan_out
-from collectors.state import (
-    FAILED, FAILURE_STATUSES, INTERRUPTED, OK, OK_WITH_ERRORS, SKIPPED, THROTTLED, TIMEOUT, UNFINISHED_STATUSES,
-    UNREACHABLE, utc_now)
 from collectors.nodes import match_names
+from collectors.pacing import AdaptiveRate
+from collectors.progress import Progress
+from collectors.runner import FINAL, LAUNCHED, RETRY, THROTTLED, Callbacks, Engine, Launch
+from collectors.state import (
+    FAILED, FAILURE_STATUSES, INTERRUPTED, OK, OK_WITH_ERRORS, RUNNING, SKIPPED, TIMEOUT, UNFINISHED_STATUSES,
+    UNREACHABLE, utc_now)
 from collectors.transports.base import (
-    SESSION_INTERRUPTED, SESSION_OK, SESSION_THROTTLED, SESSION_TIMEOUT, SESSION_UNREACHABLE,
-    NodeJob, SessionResult)
-from collectors.transports.ssm import SsmCliTransport
+    SESSION_EXITED_EARLY, SESSION_FETCH_FAILED, SESSION_INTERRUPTED, SESSION_LAUNCHED, SESSION_OK,
+    SESSION_THROTTLED, SESSION_TIMEOUT, SESSION_UNREACHABLE, NodeJob, SessionResult)
+from collectors.transports.ssm import SsmCliTransport, SsmDirectTransport
 
 # Node script exit codes (bash/collect.sh).
 RC_OK, RC_BAD_INPUT, RC_ITEM_ERRORS, RC_UPLOAD_FAILED = 0, 2, 3, 4
 # The node stops collecting this long before our own timeout so that it still packages and uploads.
 NODE_DEADLINE_MARGIN = 60
-BACKOFF_BASE, BACKOFF_CAP = 1.0, 30.0
+# Outcome fields cleared when a node is collected again.
+OUTCOME_FIELDS = ("error_kind", "error", "s3_key", "bytes", "sha256", "items", "failed_items", "kept", "pid",
+                  "session_id", "launched", "launched_epoch", "finished", "elapsed", "output")
 
 
 def execute(ctx: StageContext) -> int:
     state = ctx.state
     state.require_stage("upload", "run")
     nodes = nodes_to_run(ctx)
-    skipped = [n for n in nodes if n["hyperpod_status"] != "Running"]
-    for node in skipped:
-        node.update(status=SKIPPED, error_kind="not_running", finished=utc_now(),
-                    error=f"HyperPod status is {node['hyperpod_status']}; not collected")
-    runnable = [n for n in nodes if n["hyperpod_status"] == "Running"]
-    state.mark_stage("run", "running", started=utc_now(), planned=len(runnable), skipped=len(skipped))
+    skip_unhealthy(nodes)
+    runnable = [n for n in nodes if n["status"] != SKIPPED]
     if not runnable:
         console.log("run: nothing to do (every selected node already ended; use --retry-failed to retry failures)")
         state.mark_stage("run", "done")
         return 0
-    console.log(f"run: collecting from {len(runnable)} node(s), {ctx.settings.max_workers} at a time"
-                + (f"; {len(skipped)} skipped (not Running)" if skipped else ""))
-    collector = NodeCollector(ctx)
-    progress = Progress(len(runnable))
-
-    def record(node: dict[str, Any], outcome: dict[str, Any]) -> None:
-        node.update(outcome)
-        state.save()
-        progress.report(node)
-
+    collector = NodeCollector(ctx, runnable)
+    state.mark_stage("run", "running", started=utc_now(), planned=len(runnable), mode=collector.mode,
+                     client=ctx.settings.session_client)
+    console.log(f"run: {len(runnable)} node(s), {collector.mode} sessions via {ctx.settings.session_client}, "
+                f"at most {ctx.settings.max_workers} open and {ctx.settings.session_rate:g} starts/s")
     try:
-        fan_out(runnable, collector.collect, max_workers=ctx.settings.max_workers, on_result=record,
-                on_crash=collector.crashed, cancel=ctx.cancel)
+        collector.run()
     except KeyboardInterrupt:
         state.mark_stage("run", "interrupted")
         raise Interrupted(f"interrupted: the state is saved; `invoke run --cluster {state.cluster['name']} "
                           f"--run-id {state.run_id}` resumes the unfinished nodes") from None
-    state.mark_stage("run", "done")
+    finally:
+        collector.progress.close()
+        state.save()
+    state.mark_stage("run", "done", throttles=collector.rate.throttles)
     return 0
 
 
@@ -73,43 +76,126 @@ def nodes_to_run(ctx: StageContext) -> list[dict[str, Any]]:
     nodes = list(ctx.state.nodes.values())
     names = ctx.options.get("nodes") or []
     if names:
-        nodes = nodes_named(nodes, names, ctx.state.run_id)
+        nodes, unmatched = match_names(nodes, names)
+        if unmatched:
+            raise UsageError(f"run {ctx.state.run_id} has no node {', '.join(unmatched)}")
     return [node for node in nodes if node.get("status") in wanted]
 
 
-def nodes_named(nodes: list[dict[str, Any]], names: list[str], run_id: str) -> list[dict[str, Any]]:
-    chosen, unmatched = match_names(nodes, names)
-    if unmatched:
-        raise UsageError(f"run {run_id} has no node {', '.join(unmatched)}")
-    return chosen
+def skip_unhealthy(nodes: list[dict[str, Any]]) -> None:
+    """HyperPod already says these nodes cannot serve a session: report them, do not spend time on them."""
+    for node in nodes:
+        if node["hyperpod_status"] != "Running" and node.get("status") != RUNNING:
+            node.update(status=SKIPPED, error_kind="not_running", finished=utc_now(),
+                        error=f"HyperPod status is {node['hyperpod_status']}; not collected")
 
 
 class NodeCollector:
-    """Everything one node's collection needs; `collect` runs in a worker thread and never raises."""
+    """Callbacks for the engine: launch (worker threads), poll and record (main thread)."""
 
-    def __init__(self, ctx: StageContext):
+    def __init__(self, ctx: StageContext, nodes: list[dict[str, Any]]):
         self.ctx = ctx
+        self.settings = ctx.settings
         self.state = ctx.state
+        self.nodes = {node["instance_id"]: node for node in nodes}
+        self.detached = ctx.settings.session_mode == "detached"
+        self.mode = ctx.settings.session_mode
         self.s3 = ctx.aws.client("s3")
+        self.ssm = ctx.aws.client("ssm")
         self.bucket = self.state.data["s3"]["bucket"]
         self.run_prefix = self.state.data["s3"]["run_prefix"]
         self.script_key = self.state.data["stages"]["upload"]["script_key"]
-        self.ssm = ctx.aws.client("ssm")
-        self.transport = SsmCliTransport(ctx.aws.region, ctx.settings.profile, ctx.settings.timeouts,
-                                         ctx.aws.cli_env(), self.terminate_session)
-        self.transcripts = self.state.run_dir / "transcripts"
+        self.transport = self.make_transport()
+        self.rate = AdaptiveRate(ctx.settings.session_rate)
+        self.progress = Progress(len(nodes), quiet=bool(ctx.options.get("quiet")),
+                                 as_json=bool(ctx.options.get("json")))
+        self.seen_status: dict[str, str] = {}
+        self.last_save = 0.0
 
-    def collect(self, node: dict[str, Any]) -> dict[str, Any]:
-        started, clock = utc_now(), time.monotonic()
-        attempts, result = 0, None
-        for attempts in range(1, 9):
-            result = self.transport.run(self.job(node), self.ctx.cancel)
-            if result.kind != SESSION_THROTTLED or not self.back_off(attempts):
-                break
-        outcome = self.judge(node, result)
-        outcome.update(attempts=attempts, started=started, finished=utc_now(),
-                       elapsed=round(time.monotonic() - clock, 2), transcript=str(self.transcript(node)))
-        return outcome
+    def make_transport(self):
+        if self.settings.session_client == "cli":
+            return SsmCliTransport(self.ctx.aws.region, self.settings.profile, self.settings.timeouts,
+                                   self.ctx.aws.cli_env(), self.terminate_session)
+        # Throttling must reach our pacing at once, not after botocore's own retries.
+        ssm = self.ctx.aws.client("ssm", retries=1)
+        return SsmDirectTransport(ssm, self.ctx.aws.region, self.settings.profile, self.settings.timeouts,
+                                  self.ctx.aws.cli_env(), self.terminate_session)
+
+    def run(self) -> None:
+        to_launch, waiting = [], {}
+        for iid, node in self.nodes.items():
+            if self.detached and node.get("status") == RUNNING and node.get("launched_epoch"):
+                waiting[iid] = self.deadline_from_epoch(node["launched_epoch"])
+                self.progress.launched()
+            else:
+                self.reset(node)
+                to_launch.append(iid)
+        engine = Engine(
+            Callbacks(launch=self.launch, poll=self.poll, on_launched=self.on_launched, on_final=self.on_final,
+                      give_up=self.give_up, crashed=self.crashed),
+            rate=self.rate, max_sessions=self.settings.max_workers, max_attempts=self.settings.session_attempts,
+            run_deadline=time.monotonic() + self.settings.timeouts.run, poll_interval=self.settings.poll_interval,
+            cancel=self.ctx.cancel)
+        engine.run(to_launch, waiting)
+
+    def reset(self, node: dict[str, Any]) -> None:
+        for key in OUTCOME_FIELDS:
+            node.pop(key, None)
+        node.update(status="pending", attempts=0, started=None)
+
+    # -- worker threads ----------------------------------------------------------------------
+    def launch(self, iid: str, attempt: int) -> Launch:
+        node = self.nodes[iid]
+        started = time.monotonic()
+        result = self.transport.run(self.job(node), self.ctx.cancel)
+        outcome = {"attempts": attempt, "session_id": result.session_id}
+        if result.kind == SESSION_LAUNCHED:
+            return Launch(LAUNCHED, dict(outcome, pid=result.pid, launched=utc_now(), launched_epoch=time.time(),
+                                         deadline=time.monotonic() + self.settings.timeouts.node_script))
+        if result.kind == SESSION_OK:
+            return Launch(FINAL, dict(outcome, **self.attached_outcome(node, result),
+                                      elapsed=round(time.monotonic() - started, 2)))
+        outcome.update(session_failure(result))
+        if result.kind == SESSION_THROTTLED:
+            return Launch(THROTTLED, outcome)
+        if result.kind in (SESSION_UNREACHABLE, SESSION_INTERRUPTED, SESSION_FETCH_FAILED, SESSION_EXITED_EARLY):
+            return Launch(FINAL, outcome)
+        if result.kind == SESSION_TIMEOUT and result.step == "script":
+            return Launch(FINAL, outcome)  # the node had its whole time budget: another try would not help
+        return Launch(RETRY, outcome)
+
+    def job(self, node: dict[str, Any]) -> NodeJob:
+        """URLs are signed just before each attempt, so they stay within the credentials' lifetime."""
+        cluster = self.state.cluster
+        return NodeJob(
+            instance_id=node["instance_id"],
+            target=f"sagemaker-cluster:{cluster['id']}_{node['group']}-{node['instance_id']}",
+            env={"INSTANCE_GROUP": node["group"], "INSTANCE_ID": node["instance_id"],
+                 "CLUSTER_TYPE": cluster["type"], "HPC_RUN_ID": self.state.run_id,
+                 "HPC_DEADLINE_SECONDS": str(max(60, self.settings.timeouts.node_script - NODE_DEADLINE_MARGIN))},
+            secrets=self.presigned_urls(node),
+            transcript=self.state.run_dir / "transcripts" / f"{node['instance_id']}.log",
+            detached=self.detached)
+
+    def presigned_urls(self, node: dict[str, Any]) -> dict[str, str]:
+        urls = {"HPC_SCRIPT_URL": self.presign("get_object", self.script_key),
+                "HPC_UPLOAD_URL": self.presign("put_object", self.tarball_key(node)),
+                "HPC_STATUS_URL": self.presign("put_object", self.status_key(node))}
+        # Other objects the upload stage put in S3 for the nodes (env var name -> key), e.g. a pinned
+        # EKS log collector: nodes often have no internet, so they fetch it from the run's prefix.
+        for name, key in self.state.data["stages"]["upload"].get("node_downloads", {}).items():
+            urls[name] = self.presign("get_object", key)
+        return urls
+
+    def presign(self, operation: str, key: str) -> str:
+        return self.s3.generate_presigned_url(operation, Params={"Bucket": self.bucket, "Key": key},
+                                              ExpiresIn=self.settings.presign_expiry)
+
+    def tarball_key(self, node: dict[str, Any]) -> str:
+        return f"{self.run_prefix}/instances/{node['group']}_{node['instance_id']}.tar.gz"
+
+    def status_key(self, node: dict[str, Any]) -> str:
+        return f"{self.run_prefix}/status/{node['group']}_{node['instance_id']}.json"
 
     def terminate_session(self, session_id: str) -> None:
         try:
@@ -117,67 +203,10 @@ class NodeCollector:
         except Exception as exc:  # noqa: BLE001 - best effort; SSM ends idle sessions by itself
             console.log(f"warning: could not terminate SSM session {session_id}: {describe_aws_error(exc)}")
 
-    def crashed(self, node: dict[str, Any], text: str) -> dict[str, Any]:
-        return {"status": FAILED, "error_kind": "internal_error", "error": text, "finished": utc_now()}
-
-    def back_off(self, attempt: int) -> bool:
-        """Full-jitter exponential backoff; False when it is time to stop (cancelled)."""
-        delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt))
-        return not self.ctx.cancel.wait(delay)
-
-    def tarball_key(self, node: dict[str, Any]) -> str:
-        return f"{self.run_prefix}/instances/{node['group']}_{node['instance_id']}.tar.gz"
-
-    def transcript(self, node: dict[str, Any]):
-        return self.transcripts / f"{node['instance_id']}.log"
-
-    def job(self, node: dict[str, Any]) -> NodeJob:
-        """URLs are signed just before each attempt, so they stay within the credentials' lifetime."""
-        expiry = self.ctx.settings.presign_expiry
-        script_url = self.s3.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self.script_key}, ExpiresIn=expiry)
-        upload_url = self.s3.generate_presigned_url(
-            "put_object", Params={"Bucket": self.bucket, "Key": self.tarball_key(node)}, ExpiresIn=expiry)
-        secrets = {"HPC_SCRIPT_URL": script_url, "HPC_UPLOAD_URL": upload_url}
-        # Other objects the upload stage put in S3 for the nodes (env var name -> key), e.g. a pinned
-        # EKS log collector: nodes often have no internet, so they fetch it from the run's prefix.
-        for name, key in self.state.data["stages"]["upload"].get("node_downloads", {}).items():
-            secrets[name] = self.s3.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expiry)
-        cluster = self.state.cluster
-        return NodeJob(
-            instance_id=node["instance_id"],
-            target=f"sagemaker-cluster:{cluster['id']}_{node['group']}-{node['instance_id']}",
-            env={"INSTANCE_GROUP": node["group"], "INSTANCE_ID": node["instance_id"],
-                 "CLUSTER_TYPE": cluster["type"],
-                 "HPC_DEADLINE_SECONDS": str(max(60, self.ctx.settings.timeouts.node_script - NODE_DEADLINE_MARGIN))},
-            secrets=secrets,
-            transcript=self.transcript(node))
-
-    def judge(self, node: dict[str, Any], result: SessionResult) -> dict[str, Any]:
-        base = {"output": result.output, "session_id": result.session_id}
-        if result.kind != SESSION_OK:
-            return dict(base, **session_failure(result))
-        return dict(base, **self.script_outcome(node, result))
-
-    def script_outcome(self, node: dict[str, Any], result: SessionResult) -> dict[str, Any]:
-        report = result.result
-        if result.rc not in (RC_OK, RC_ITEM_ERRORS) or not report:
-            kind = "upload_failed" if result.rc == RC_UPLOAD_FAILED else "script_failed"
-            return {"status": FAILED, "error_kind": kind,
-                    "error": f"node script exited {result.rc}: {last_lines(result.output)}"}
-        found = self.uploaded_size(node)
-        claimed = int(report.get("bytes", -1))
-        if found != claimed:
-            return {"status": FAILED, "error_kind": "upload_failed",
-                    "error": f"node reported {claimed} bytes uploaded, S3 has {found if found is not None else 'nothing'}"}
-        failed_items = int(report.get("failed_items", 0))
-        outcome = {"s3_key": self.tarball_key(node), "bytes": claimed, "sha256": report.get("sha256"),
-                   "items": int(report.get("items", 0)), "failed_items": failed_items,
-                   "status": OK, "error_kind": None, "error": None}
-        if result.rc == RC_ITEM_ERRORS or failed_items:
-            outcome.update(status=OK_WITH_ERRORS, error_kind="item_errors",
-                           error=f"{failed_items} of {outcome['items']} items failed (see manifest.tsv)")
+    def attached_outcome(self, node: dict[str, Any], result: SessionResult) -> dict[str, Any]:
+        report = dict(result.result, rc=result.rc)
+        outcome = {"output": result.output}
+        outcome.update(self.judge_report(node, report, self.uploaded_size(node)))
         return outcome
 
     def uploaded_size(self, node: dict[str, Any]) -> int | None:
@@ -188,35 +217,109 @@ class NodeCollector:
                 return None
             raise
 
+    # -- main thread -------------------------------------------------------------------------
+    def poll(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """Finished nodes among `keys`: one List of status/ (and of instances/ when some finished)."""
+        wanted = {self.status_key(self.nodes[iid]): iid for iid in keys}
+        reports = {}
+        for obj in self.list_objects(f"{self.run_prefix}/status/"):
+            iid = wanted.get(obj["Key"])
+            if iid is None or self.seen_status.get(obj["Key"]) == obj["ETag"]:
+                continue
+            self.seen_status[obj["Key"]] = obj["ETag"]
+            report = self.read_status(obj["Key"])
+            if report.get("state") == "done":
+                reports[iid] = report
+        if not reports:
+            return {}
+        sizes = {obj["Key"]: obj["Size"] for obj in self.list_objects(f"{self.run_prefix}/instances/")}
+        return {iid: self.judge_report(self.nodes[iid], report, sizes.get(self.tarball_key(self.nodes[iid])))
+                for iid, report in reports.items()}
+
+    def list_objects(self, prefix: str) -> list[dict[str, Any]]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [obj for page in pages for obj in page.get("Contents", [])]
+
+    def read_status(self, key: str) -> dict[str, Any]:
+        try:
+            return json.loads(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+        except (ValueError, UnicodeDecodeError):
+            return {}  # half-written or foreign: look again at the next poll
+
+    def judge_report(self, node: dict[str, Any], report: dict[str, Any], found: int | None) -> dict[str, Any]:
+        """A node script's report (HPC_RESULT line or status object) against what S3 really holds."""
+        rc = int(report.get("rc", -1)) if str(report.get("rc", "")).lstrip("-").isdigit() else None
+        status = report.get("status")
+        kept = report.get("kept")
+        if status not in ("ok", "ok_with_errors") or rc not in (RC_OK, RC_ITEM_ERRORS, None):
+            kind = "upload_failed" if status == "upload_failed" or rc == RC_UPLOAD_FAILED else "script_failed"
+            where = f"; the tarball is kept on the node at {kept}" if kept else ""
+            return {"status": FAILED, "error_kind": kind, "kept": kept,
+                    "error": f"node script ended {status or 'without a result'} (rc {rc}){where}"}
+        claimed = int(report.get("bytes", -1))
+        if found != claimed:
+            return {"status": FAILED, "error_kind": "upload_failed",
+                    "error": f"node reported {claimed} bytes uploaded, S3 has {found if found is not None else 'nothing'}"}
+        items, failed_items = int(report.get("items", 0)), int(report.get("failed_items", 0))
+        outcome = {"s3_key": self.tarball_key(node), "bytes": claimed, "sha256": report.get("sha256"),
+                   "items": items, "failed_items": failed_items, "status": OK, "error_kind": None, "error": None}
+        if status == "ok_with_errors" or failed_items:
+            outcome.update(status=OK_WITH_ERRORS, error_kind="item_errors",
+                           error=f"{failed_items} of {items} items failed (see manifest.tsv)")
+        return outcome
+
+    def on_launched(self, iid: str, outcome: dict[str, Any]) -> None:
+        node = self.nodes[iid]
+        node.update({k: v for k, v in outcome.items() if k != "deadline"}, status=RUNNING)
+        node["started"] = node.get("started") or outcome["launched"]
+        self.progress.launched()
+        self.save_soon()
+
+    def on_final(self, iid: str, outcome: dict[str, Any]) -> None:
+        node = self.nodes[iid]
+        node.update(outcome, finished=utc_now())
+        if "elapsed" not in outcome:
+            node["elapsed"] = self.elapsed(node)
+        self.progress.finished(node)
+        self.save_soon()
+
+    def elapsed(self, node: dict[str, Any]) -> float | None:
+        if node.get("launched_epoch"):
+            return round(time.time() - node["launched_epoch"], 2)
+        return None
+
+    def give_up(self, iid: str, last: Launch | None, why: str) -> dict[str, Any]:
+        if why == "attempts" and last is not None:
+            return dict(last.outcome)
+        if why == "node_deadline":
+            return {"status": TIMEOUT, "error_kind": "timeout_script",
+                    "error": f"no result from the node within {self.settings.timeouts.node_script}s of its launch"}
+        if last is not None and last.kind == THROTTLED:
+            return dict(last.outcome, error=f"still throttled when the run's deadline passed: {last.outcome['error']}")
+        return {"status": TIMEOUT, "error_kind": "timeout_run",
+                "error": f"not launched before the run's deadline ({self.settings.timeouts.run}s)"}
+
+    def crashed(self, iid: str, text: str) -> dict[str, Any]:
+        return {"status": FAILED, "error_kind": "internal_error", "error": text}
+
+    def deadline_from_epoch(self, launched_epoch: float) -> float:
+        remaining = launched_epoch + self.settings.timeouts.node_script - time.time()
+        return time.monotonic() + max(0.0, remaining)
+
+    def save_soon(self) -> None:
+        """At most one state write per second: 1000 nodes finishing must not mean 1000 full rewrites."""
+        now = time.monotonic()
+        if now - self.last_save >= 1.0:
+            self.state.save()
+            self.last_save = now
+
 
 def session_failure(result: SessionResult) -> dict[str, Any]:
     status = {
         SESSION_UNREACHABLE: UNREACHABLE,
-        SESSION_THROTTLED: THROTTLED,
+        SESSION_THROTTLED: "throttled",
         SESSION_TIMEOUT: TIMEOUT,
         SESSION_INTERRUPTED: INTERRUPTED,
     }.get(result.kind, FAILED)
     kind = f"timeout_{result.step}" if result.kind == SESSION_TIMEOUT else result.kind
-    return {"status": status, "error_kind": kind, "error": result.error}
-
-
-def last_lines(text: str, count: int = 5) -> str:
-    return " | ".join(line for line in (text or "").splitlines()[-count:] if line.strip())
-
-
-class Progress:
-    """One plain line per finished node, with a running count."""
-
-    def __init__(self, total: int):
-        self.total = total
-        self.done = 0
-
-    def report(self, node: dict[str, Any]) -> None:
-        self.done += 1
-        detail = f"{node.get('elapsed', 0):.1f}s"
-        if node.get("bytes"):
-            detail += f" {console.human_bytes(node['bytes'])}"
-        if node.get("error"):
-            detail += f" - {node['error_kind']}: {node['error'].splitlines()[0][:160]}"
-        console.log(f"[{self.done}/{self.total}] {node['status']:<14} {node['instance_id']} "
-                    f"({node['group']}, {node.get('hostname') or '?'}) {detail}")
+    return {"status": status, "error_kind": kind, "error": result.error, "output": result.output}

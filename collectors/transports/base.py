@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 # Session outcome kinds (more detailed than the node status they map to).
-SESSION_OK = "ok"
+SESSION_OK = "ok"                      # attached: the node script ran to its end in the session
+SESSION_LAUNCHED = "launched"          # detached: the node script is running on its own
 SESSION_UNREACHABLE = "unreachable"
 SESSION_THROTTLED = "throttled"
 SESSION_TIMEOUT = "timeout"
 SESSION_DROPPED = "session_dropped"
 SESSION_START_FAILED = "session_start_failed"
+SESSION_FETCH_FAILED = "script_fetch_failed"
+SESSION_EXITED_EARLY = "script_exited_early"
 SESSION_INTERRUPTED = "interrupted"
 
 PRESIGNED_QUERY_RE = re.compile(
@@ -23,13 +26,18 @@ PRESIGNED_QUERY_RE = re.compile(
 
 @dataclass
 class NodeJob:
-    """One node's collection: who, with which environment, and which values must never be logged."""
+    """One node's launch: where, with which environment, and which values must never be logged.
+
+    `env` and `secrets` both reach the node script as environment variables; secrets are never
+    typed where they could be echoed, and are redacted from every transcript.
+    """
 
     instance_id: str
     target: str
     env: dict[str, str]
     secrets: dict[str, str]
     transcript: Path
+    detached: bool = True
 
 
 @dataclass
@@ -40,6 +48,7 @@ class SessionResult:
     error: str = ""
     step: str = ""
     session_id: str | None = None
+    pid: int | None = None
     result: dict[str, str] = field(default_factory=dict)
 
 
@@ -55,7 +64,7 @@ class RedactingLog:
 
     def __init__(self, path: Path, secrets: list[str]):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = open(path, "w", encoding="utf-8", errors="replace")
+        self._file: IO[str] = open(path, "a", encoding="utf-8", errors="replace")
         self._secrets = [s for s in secrets if s]
         self._pending = ""
 
@@ -71,7 +80,7 @@ class RedactingLog:
 
     def close(self) -> None:
         if self._pending:
-            self._file.write(redact(self._pending, self._secrets))
+            self._file.write(redact(self._pending, self._secrets) + "\n")
             self._pending = ""
         self._file.close()
 

@@ -1,26 +1,37 @@
-"""SSM transport: one interactive `aws ssm start-session` per node, driven by pexpect.
+"""SSM transport: one interactive session per node, driven by pexpect.
 
 HyperPod nodes are reachable only through StartSession on a `sagemaker-cluster:` target, and
-such sessions are interactive root shells. We never scrape prompts: we type lines whose
-completion markers are split in two shell variables (`S=__hpc_; T=done…; echo "$S$T"`), so the
-marker appears only when the shell has run the line, never in the echo of what we typed.
-Secrets (presigned URLs) are typed only after `stty -echo` and never reach the transcript.
+such sessions are interactive root shells. Two ways to open one: the AWS CLI
+(`aws ssm start-session`, what engineers use by hand) or direct (boto3 StartSession, then the
+session-manager-plugin with the response handed over as the CLI does, with no Python process
+per node).
+
+The conversation never scrapes prompts. Every line we wait for ends in a marker split over two
+shell variables (`S=__hpc_; T=ready…; echo "$S$T"`), so it appears only once the shell has run
+the line, never in the echo of what we typed. After the first line echo is off; the node's
+environment (presigned URLs included) is written into a 0600 file with `printf`, a shell
+builtin, so no secret is ever echoed, shown in `ps`, or longer than the terminal's line limit.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import secrets as random_tokens
 import shlex
+import shutil
+import subprocess
 import time
 from typing import Any, Callable
 
 import pexpect
 
+from collectors.errors import UsageError
 from collectors.settings import Timeouts
 from collectors.transports.base import (
-    SESSION_DROPPED, SESSION_INTERRUPTED, SESSION_OK, SESSION_START_FAILED, SESSION_THROTTLED,
-    SESSION_TIMEOUT, SESSION_UNREACHABLE, NodeJob, RedactingLog, SessionResult, redact)
+    SESSION_DROPPED, SESSION_EXITED_EARLY, SESSION_FETCH_FAILED, SESSION_INTERRUPTED, SESSION_LAUNCHED, SESSION_OK,
+    SESSION_START_FAILED, SESSION_THROTTLED, SESSION_TIMEOUT, SESSION_UNREACHABLE, NodeJob, RedactingLog,
+    SessionResult, redact)
 
 # A PTY's canonical line buffer (MAX_CANON, 4096) silently truncates longer typed lines.
 MAX_TYPED_LINE = 3500
@@ -32,7 +43,26 @@ LEADING_PROMPTS_RE = re.compile(r"^(?:\S*[#$] )+")
 OUTPUT_TAIL_LINES = 200
 EXIT_WAIT = 10
 POLL = 0.5
-GIVEN_UP = (SESSION_TIMEOUT, SESSION_INTERRUPTED, SESSION_DROPPED)
+# Sessions that ended with our `exit`; any other ending leaves a session SSM must be told to end.
+CLEAN_END = (SESSION_OK, SESSION_LAUNCHED, SESSION_EXITED_EARLY, SESSION_FETCH_FAILED)
+# Node script exit codes that mean it ran (its status object tells the rest): ok, item errors,
+# upload failed, or already running under the same run id (a launch repeated after a drop).
+FINISHED_QUICKLY = (0, 3, 4, 5)
+RC_FETCH_FAILED = 91
+THROTTLING_RE = re.compile(r"Throttling|Rate exceeded|TooManyRequests")
+PLUGIN = "session-manager-plugin"
+# The AWS CLI hands the StartSession response over in this variable (not argv) for newer plugins.
+RESPONSE_ENV = "AWS_SSM_START_SESSION_RESPONSE"
+PLUGIN_ENV_HANDOFF_AFTER = (1, 2, 497, 0)
+
+# Runs on the node under sh. $1 is the private launch folder; its `env` file holds the node's
+# inputs. The wrapper's own environment never holds them (they are sourced after exec), and the
+# node script removes them from its own environment before any item runs.
+FETCH = ('(. "$d/env" && printf \'url = "%s"\\n\' "$HPC_SCRIPT_URL" | '
+         'curl -fsS --retry 3 -o "$d/collector_script.sh" -K -)')
+RUN_ATTACHED = '. "$1/env"; bash "$1/collector_script.sh"; rc=$?; rm -rf "$1"; exit $rc'
+RUN_DETACHED = ('. "$1/env"; bash "$1/collector_script.sh" >"$1.log" 2>&1; rc=$?; rm -rf "$1"; '
+                '[ "$rc" -ne 0 ] || rm -f "$1.log"; exit $rc')
 
 
 class Cancelled(Exception):
@@ -47,7 +77,8 @@ class SsmCliTransport:
         self.region = region
         self.profile = profile
         self.timeouts = timeouts
-        self.env = env
+        # The CLI must not retry throttling itself: our pacing has to see every ThrottlingException.
+        self.env = dict(env, AWS_RETRY_MODE="standard", AWS_MAX_ATTEMPTS="1")
         # Ends a session on the SSM side; killing our local client alone would leave it open.
         self.terminate = terminate
 
@@ -59,32 +90,89 @@ class SsmCliTransport:
 
     def run(self, job: NodeJob, cancel: Any) -> SessionResult:
         argv = self.argv(job.target)
-        log = RedactingLog(job.transcript, list(job.secrets.values()))
-        try:
-            child = pexpect.spawn(argv[0], argv[1:], env=self.env, encoding="utf-8", codec_errors="replace",
-                                  dimensions=(50, 1000), timeout=None)
-        except pexpect.ExceptionPexpect as exc:
-            log.close()
-            return SessionResult(SESSION_START_FAILED, error=f"cannot start {argv[0]}: {exc}", step="spawn")
-        child.logfile_read = log
-        try:
-            result = Session(child, job, self.timeouts, cancel).drive()
-        finally:
-            _close(child)
-            log.close()
-        if result.session_id and result.kind in GIVEN_UP:
+        result = converse(lambda: spawn(argv, self.env), job, self.timeouts, cancel)
+        if result.session_id and result.kind not in CLEAN_END:
             self.terminate(result.session_id)
         return result
 
 
-class Session:
-    """The conversation with one node's shell, step by step."""
+class SsmDirectTransport:
+    """boto3 StartSession, then the session-manager-plugin spawned the way the AWS CLI spawns it."""
 
-    def __init__(self, child: pexpect.spawn, job: NodeJob, timeouts: Timeouts, cancel: Any):
+    def __init__(self, ssm: Any, region: str, profile: str | None, timeouts: Timeouts, env: dict[str, str],
+                 terminate: Callable[[str], None]):
+        self.ssm = ssm
+        self.region = region
+        self.profile = profile
+        self.timeouts = timeouts
+        self.env = env
+        self.terminate = terminate
+        self.env_handoff = plugin_takes_env_handoff()
+
+    def run(self, job: NodeJob, cancel: Any) -> SessionResult:
+        request = {"Target": job.target}
+        try:
+            response = self.ssm.start_session(**request)
+        except Exception as exc:  # noqa: BLE001 - every StartSession failure is an outcome for this node
+            return classify_start_error(describe_start_error(exc))
+        handoff = json.dumps({key: response[key] for key in ("SessionId", "TokenValue", "StreamUrl")})
+        env = dict(self.env)
+        first = handoff
+        if self.env_handoff:  # keeps the session token out of `ps`
+            env[RESPONSE_ENV] = handoff
+            first = RESPONSE_ENV
+        argv = [PLUGIN, first, self.region, "StartSession", self.profile or "", json.dumps(request),
+                self.ssm.meta.endpoint_url]
+        result = converse(lambda: spawn(argv, env), job, self.timeouts, cancel, secrets=[response["TokenValue"]])
+        if result.kind not in CLEAN_END:
+            self.terminate(response["SessionId"])
+        return result
+
+
+def plugin_takes_env_handoff() -> bool:
+    """The same version test as the AWS CLI; also fails early, with one line, when the plugin is missing."""
+    if shutil.which(PLUGIN) is None:
+        raise UsageError(f"{PLUGIN} not found on PATH: install the Session Manager plugin "
+                         "(or use `session_client: cli`, which needs it too)")
+    version = subprocess.run([PLUGIN, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    try:
+        return tuple(int(part) for part in version.split(".")) > PLUGIN_ENV_HANDOFF_AFTER
+    except ValueError:
+        return False
+
+
+def spawn(argv: list[str], env: dict[str, str]) -> pexpect.spawn:
+    return pexpect.spawn(argv[0], argv[1:], env=env, encoding="utf-8", codec_errors="replace",
+                         dimensions=(50, 1000), timeout=None)
+
+
+def converse(start: Callable[[], pexpect.spawn], job: NodeJob, timeouts: Timeouts, cancel: Any,
+             secrets: list[str] | None = None) -> SessionResult:
+    """Open the session, run the conversation, and always close our end of it."""
+    hidden = list(job.secrets.values()) + (secrets or [])
+    log = RedactingLog(job.transcript, hidden)
+    try:
+        child = start()
+    except pexpect.ExceptionPexpect as exc:
+        log.close()
+        return SessionResult(SESSION_START_FAILED, error=f"cannot start the session client: {exc}", step="spawn")
+    child.logfile_read = log
+    try:
+        return Conversation(child, job, timeouts, cancel, hidden).drive()
+    finally:
+        close(child)
+        log.close()
+
+
+class Conversation:
+    """One node's shell, step by step: ready, write the environment, launch (or run), exit."""
+
+    def __init__(self, child: pexpect.spawn, job: NodeJob, timeouts: Timeouts, cancel: Any, hidden: list[str]):
         self.child = child
         self.job = job
         self.timeouts = timeouts
         self.cancel = cancel
+        self.hidden = hidden
         self.nonce = random_tokens.token_hex(4)
         self.session_id: str | None = None
 
@@ -96,77 +184,135 @@ class Session:
                                  session_id=self.session_id)
 
     def _steps(self) -> SessionResult:
-        failure = self._wait([SESSION_STARTED_RE], self.timeouts.session_prompt)
-        if failure is not None:
+        failure = self._wait(SESSION_STARTED_RE, self.timeouts.session_prompt, "session_start")
+        if failure:
             return failure
         self.session_id = self.child.match.group(1)
-        self.child.sendline(f'stty -echo 2>/dev/null; S=__hpc_; T=ready_{self.nonce}__; echo "$S$T"')
-        failure = self._wait([re.compile(f"__hpc_ready_{self.nonce}__")], self.timeouts.session_prompt, "shell")
-        if failure is not None:
+        self.child.sendline(f"stty -echo 2>/dev/null; umask 077; d=$(mktemp -d /tmp/hpc-run.XXXXXX); "
+                            f'S=__hpc_; T=ready_{self.nonce}__; echo "$S$T:$d"')
+        failure = self._wait(self._marker("ready", r"(\S*)"), self.timeouts.session_prompt, "shell")
+        if failure:
             return failure
-        for line in self._typed_lines():
+        if not self.child.match.group(1):
+            return self._result(SESSION_START_FAILED, "shell", "mktemp -d in /tmp failed on the node (is /tmp full?)")
+        for line in env_file_lines({**self.job.env, **self.job.secrets}):
             self.child.sendline(line)
-        failure = self._wait([re.compile(rf"__hpc_done_{self.nonce}__:(\d+)")], self.timeouts.node_script, "script")
-        if failure is not None:
+        return self._launch_detached() if self.job.detached else self._run_attached()
+
+    def _run_attached(self) -> SessionResult:
+        self.child.sendline(f"S=__hpc_; T=done_{self.nonce}__; if {FETCH}; then "
+                            f"sh -c {shlex.quote(RUN_ATTACHED)} hpc-collector \"$d\"; else (exit {RC_FETCH_FAILED}); fi; "
+                            f'echo "$S$T:$?"')
+        failure = self._wait(self._marker("done", r"(\d+)"), self.timeouts.node_script, "script")
+        if failure:
             return failure
         rc = int(self.child.match.group(1))
-        output = clean_output(self.child.before, list(self.job.secrets.values()))
+        output = clean_output(self.child.before, self.hidden)
         self._exit_shell()
+        if rc == RC_FETCH_FAILED:
+            return self._result(SESSION_FETCH_FAILED, "script", "the node could not fetch the script from S3", output)
         return SessionResult(SESSION_OK, rc=rc, output=output, session_id=self.session_id,
                              result=parse_result_line(output))
 
-    def _typed_lines(self) -> list[str]:
-        """Secrets first (one export each, echo is off), then one short line that runs the script."""
-        lines = [f"export {name}={shlex.quote(value)}" for name, value in self.job.secrets.items()]
-        assignments = " ".join(f"{name}={shlex.quote(value)}" for name, value in self.job.env.items())
-        lines.append(
-            f"S=__hpc_; T=done_{self.nonce}__; d=$(mktemp -d /tmp/hpc-run.XXXXXX) && "
-            # The URL goes to curl on stdin, never in its argv where `ps` on the node would show it.
-            f'printf \'url = "%s"\\n\' "$HPC_SCRIPT_URL" | curl -fsS --retry 3 -o "$d/collector_script.sh" -K - && '
-            f'{assignments} bash "$d/collector_script.sh"; rc=$?; rm -rf "$d"; echo "$S$T:$rc"')
-        too_long = [line.split("=", 1)[0] for line in lines if len(line.encode()) > MAX_TYPED_LINE]
-        if too_long:
-            raise ValueError(f"typed line over {MAX_TYPED_LINE} bytes: {too_long}")
-        return lines
+    def _launch_detached(self) -> SessionResult:
+        # `setsid -w` keeps a waiting parent in our job table (so `kill -0`/`wait` see the script)
+        # while the script itself runs in a new session that outlives this one.
+        self.child.sendline(
+            f"S=__hpc_; T=launched_{self.nonce}__; if {FETCH}; then "
+            f"setsid -w nohup sh -c {shlex.quote(RUN_DETACHED)} hpc-collector \"$d\" >/dev/null 2>&1 </dev/null & "
+            f'p=$!; sleep 1; if kill -0 "$p" 2>/dev/null; then echo "$S$T:$p"; '
+            f'else wait "$p"; r=$?; tail -n 5 "$d.log" 2>/dev/null; echo "$S$T:exited$r"; fi; '
+            f'else echo "$S$T:fetch"; fi')
+        failure = self._wait(self._marker("launched", r"(\d+|exited\d+|fetch)"), self.timeouts.session_prompt,
+                             "launch")
+        if failure:
+            return failure
+        answer = self.child.match.group(1)
+        output = clean_output(self.child.before, self.hidden)
+        self._exit_shell()
+        if answer == "fetch":
+            return self._result(SESSION_FETCH_FAILED, "launch", "the node could not fetch the script from S3", output)
+        if answer.startswith("exited"):
+            rc = int(answer[len("exited"):])
+            if rc not in FINISHED_QUICKLY:
+                return self._result(SESSION_EXITED_EARLY, "launch",
+                                    f"the node script exited at once with {rc}: {last_line(output)}", output)
+            return SessionResult(SESSION_LAUNCHED, rc=rc, output=output, session_id=self.session_id)
+        return SessionResult(SESSION_LAUNCHED, pid=int(answer), output=output, session_id=self.session_id)
 
-    def _wait(self, patterns: list[re.Pattern], timeout: float, step: str = "session_start") -> SessionResult | None:
-        """Wait for the first pattern; return a failure result, or None when it matched."""
+    def _marker(self, name: str, value: str) -> re.Pattern:
+        return re.compile(rf"__hpc_{name}_{self.nonce}__:{value}")
+
+    def _result(self, kind: str, step: str, error: str, output: str = "") -> SessionResult:
+        return SessionResult(kind, step=step, error=error, output=output, session_id=self.session_id)
+
+    def _wait(self, pattern: re.Pattern, timeout: float, step: str) -> SessionResult | None:
+        """Wait for `pattern`; return a failure result, or None when it matched."""
         deadline = time.monotonic() + timeout
         while True:
             if self.cancel.is_set():
                 raise Cancelled()
-            index = self.child.expect(patterns + [pexpect.EOF, pexpect.TIMEOUT], timeout=POLL)
+            index = self.child.expect([pattern, pexpect.EOF, pexpect.TIMEOUT], timeout=POLL)
             if index == 0:
                 return None
-            if index == len(patterns):
+            if index == 1:
                 return self._ended_early(step)
             if time.monotonic() >= deadline:
-                return SessionResult(SESSION_TIMEOUT, step=step, session_id=self.session_id,
-                                     error=f"no answer from the node within {timeout:.0f}s ({step})",
-                                     output=clean_output(self.child.before, list(self.job.secrets.values())))
+                return self._result(SESSION_TIMEOUT, step, f"no answer from the node within {timeout:.0f}s ({step})",
+                                    clean_output(self.child.before, self.hidden))
 
     def _ended_early(self, step: str) -> SessionResult:
-        text = clean_output(self.child.before, list(self.job.secrets.values()))
+        text = clean_output(self.child.before, self.hidden)
         if self.session_id is None:
             return classify_start_error(text)
-        return SessionResult(SESSION_DROPPED, step=step, session_id=self.session_id, output=text,
-                             error=f"the session ended unexpectedly during {step}: {last_line(text)}")
+        return self._result(SESSION_DROPPED, step, f"the session ended unexpectedly during {step}: {last_line(text)}",
+                            text)
 
     def _exit_shell(self) -> None:
         self.child.sendline("exit")
         try:
             self.child.expect(pexpect.EOF, timeout=EXIT_WAIT)
         except pexpect.TIMEOUT:
-            pass  # _close() ends it; the collection itself is already complete
+            pass  # close() ends it; the node's work is already launched or done
+
+
+def env_file_lines(variables: dict[str, str]) -> list[str]:
+    """`printf` lines that append `export NAME='value'` lines to "$d/env", each under the line limit."""
+    entries = [shlex.quote(f"export {name}={shlex.quote(value)}") for name, value in variables.items()]
+    lines, current = [], []
+    for entry in entries:
+        candidate = current + [entry]
+        if current and len(printf_line(candidate).encode()) > MAX_TYPED_LINE:
+            lines.append(printf_line(current))
+            candidate = [entry]
+        current = candidate
+    if current:
+        lines.append(printf_line(current))
+    too_long = [line[:40] for line in lines if len(line.encode()) > MAX_TYPED_LINE]
+    if too_long:
+        raise ValueError(f"a node input does not fit in one {MAX_TYPED_LINE}-byte terminal line")
+    return lines
+
+
+def printf_line(entries: list[str]) -> str:
+    return f"printf '%s\\n' {' '.join(entries)} >>\"$d/env\""
+
+
+def describe_start_error(exc: BaseException) -> str:
+    response = getattr(exc, "response", None) or {}
+    error = response.get("Error", {})
+    if error:
+        return f"An error occurred ({error.get('Code')}) when calling the StartSession operation: {error.get('Message')}"
+    return str(exc)
 
 
 def classify_start_error(text: str) -> SessionResult:
-    """What `aws ssm start-session` printed before it gave up, as an outcome kind."""
+    """What StartSession (or the CLI around it) said before giving up, as an outcome kind."""
     line = last_line(text) or "the session ended before it started"
     if "TargetNotConnected" in text:
         return SessionResult(SESSION_UNREACHABLE, step="session_start", output=text,
                              error=f"SSM agent not connected (TargetNotConnected): {line}")
-    if re.search(r"Throttling|Rate exceeded|TooManyRequests", text):
+    if THROTTLING_RE.search(text):
         return SessionResult(SESSION_THROTTLED, step="session_start", output=text, error=line)
     return SessionResult(SESSION_START_FAILED, step="session_start", output=text, error=line)
 
@@ -190,7 +336,7 @@ def last_line(text: str) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def _close(child: pexpect.spawn) -> None:
+def close(child: pexpect.spawn) -> None:
     if child.isalive():
         child.terminate(force=True)
     child.close(force=True)

@@ -1,3 +1,5 @@
+"""The engine with fake launch/poll callbacks: pacing, retries, deadlines, Ctrl-C."""
+
 import os
 import signal
 import threading
@@ -5,63 +7,144 @@ import time
 
 import pytest
 
-from collectors.runner import fan_out
+from collectors.pacing import AdaptiveRate
+from collectors.runner import FINAL, LAUNCHED, RETRY, THROTTLED, Callbacks, Engine, Launch
 
 
-def test_every_item_gets_one_result_and_concurrency_is_bounded():
-    lock, running, peak, results = threading.Lock(), [0], [0], {}
+class Recorder:
+    """Callbacks that script each node's launches and record what the engine reports."""
 
-    def work(item):
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        time.sleep(0.02)
-        with lock:
-            running[0] -= 1
-        return item * 2
+    def __init__(self, script=None, finish_after_polls=1):
+        self.script = script or {}
+        self.finish_after_polls = finish_after_polls
+        self.lock = threading.Lock()
+        self.calls: dict[str, list[int]] = {}
+        self.launched: list[str] = []
+        self.final: dict[str, dict] = {}
+        self.polls: dict[str, int] = {}
+        self.running = 0
+        self.peak = 0
 
-    fan_out(range(20), work, max_workers=3, on_result=results.__setitem__, on_crash=lambda i, t: None,
-            cancel=threading.Event())
-    assert results == {i: i * 2 for i in range(20)}
-    assert peak[0] <= 3
+    def launch(self, key, attempt):
+        with self.lock:
+            self.calls.setdefault(key, []).append(attempt)
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            steps = self.script.get(key, [LAUNCHED])
+            kind = steps[min(len(self.calls[key]), len(steps)) - 1]
+        time.sleep(0.01)
+        with self.lock:
+            self.running -= 1
+        outcome = {"deadline": time.monotonic() + 5} if kind == LAUNCHED else {"status": kind}
+        return Launch(kind, outcome)
+
+    def poll(self, keys):
+        done = {}
+        for key in keys:
+            self.polls[key] = self.polls.get(key, 0) + 1
+            if self.polls[key] >= self.finish_after_polls:
+                done[key] = {"status": "ok"}
+        return done
+
+    def callbacks(self):
+        return Callbacks(launch=self.launch, poll=self.poll, on_launched=lambda k, o: self.launched.append(k),
+                         on_final=self.final.__setitem__,
+                         give_up=lambda k, last, why: {"status": "gave_up", "why": why},
+                         crashed=lambda k, text: {"status": "crashed", "text": text})
 
 
-def test_a_crash_on_one_item_is_a_result_not_an_exception():
-    results = {}
-
-    def work(item):
-        if item == 2:
-            raise RuntimeError("boom on 2")
-        return "ok"
-
-    fan_out(range(4), work, max_workers=2, on_result=results.__setitem__,
-            on_crash=lambda item, text: f"crash: {text.strip().splitlines()[-1]}", cancel=threading.Event())
-    assert results[2] == "crash: RuntimeError: boom on 2"
-    assert [results[i] for i in (0, 1, 3)] == ["ok", "ok", "ok"]
+def engine(recorder, **overrides):
+    options = dict(rate=AdaptiveRate(200.0), max_sessions=4, max_attempts=3, run_deadline=time.monotonic() + 30,
+                   poll_interval=0.01, cancel=threading.Event(), backoff_base=0.005)
+    options.update(overrides)
+    return Engine(recorder.callbacks(), **options)
 
 
-def test_ctrl_c_stops_launching_and_collects_in_flight_results():
-    cancel, started, results = threading.Event(), [], {}
-    interrupted = {"done": False}
+def test_every_node_launches_then_finishes_from_polls_with_bounded_sessions():
+    recorder = Recorder(finish_after_polls=2)
+    engine(recorder, max_sessions=3).run([f"n{i}" for i in range(12)], {})
+    assert set(recorder.final) == {f"n{i}" for i in range(12)}
+    assert all(outcome == {"status": "ok"} for outcome in recorder.final.values())
+    assert sorted(recorder.launched) == sorted(recorder.final)
+    assert recorder.peak <= 3
 
-    def work(item):
-        started.append(item)
-        cancel.wait(5)  # an in-flight session ends promptly once cancel is set
-        return "interrupted" if cancel.is_set() else "ok"
 
-    def on_result(item, result):
-        results[item] = result
+def test_throttling_slows_down_and_never_uses_up_attempts():
+    recorder = Recorder(script={"n0": [THROTTLED] * 5 + [LAUNCHED]})
+    rate = AdaptiveRate(200.0)
+    engine(recorder, rate=rate, max_attempts=1).run(["n0", "n1"], {})
+    assert recorder.final["n0"] == {"status": "ok"}
+    assert recorder.calls["n0"] == [1, 1, 1, 1, 1, 1]  # still the first attempt after 5 throttles
+    assert rate.throttles == 5 and rate.rate < 200.0
+
+
+def test_dropped_launches_are_retried_then_given_up():
+    recorder = Recorder(script={"flaky": [RETRY, RETRY, LAUNCHED], "dead": [RETRY]})
+    engine(recorder, max_attempts=3).run(["flaky", "dead"], {})
+    assert recorder.final["flaky"] == {"status": "ok"}
+    assert recorder.calls["dead"] == [1, 2, 3]
+    assert recorder.final["dead"] == {"status": "gave_up", "why": "attempts"}
+
+
+def test_final_launches_and_crashes_are_outcomes():
+    recorder = Recorder(script={"gone": [FINAL]})
+    original = recorder.launch
+
+    def launch(key, attempt):
+        if key == "buggy":
+            raise RuntimeError("bug on buggy")
+        return original(key, attempt)
+
+    recorder.launch = launch
+    engine(recorder).run(["gone", "buggy"], {})
+    assert recorder.final["gone"] == {"status": FINAL}
+    assert recorder.final["buggy"]["status"] == "crashed" and "bug on buggy" in recorder.final["buggy"]["text"]
+
+
+def test_waiting_nodes_time_out_at_their_deadline_and_the_run_deadline_stops_launching():
+    recorder = Recorder(finish_after_polls=10 ** 6, script={"late": [THROTTLED]})
+    engine(recorder, run_deadline=time.monotonic() + 0.3).run(["late"], {"resumed": time.monotonic() + 0.2})
+    assert recorder.final["resumed"] == {"status": "gave_up", "why": "node_deadline"}
+    assert recorder.final["late"] == {"status": "gave_up", "why": "run_deadline"}
+
+
+def test_first_ctrl_c_stops_launching_and_waits_for_sessions_in_flight():
+    cancel = threading.Event()
+    recorder = Recorder(finish_after_polls=10 ** 6)
+    release, entered = threading.Event(), []
+    original = recorder.launch
+
+    def slow_launch(key, attempt):
+        entered.append(key)
+        release.wait(5)
+        return original(key, attempt)
+
+    recorder.launch = slow_launch
 
     def press_ctrl_c():
-        while len(started) < 2:
+        while len(entered) < 2:
             time.sleep(0.01)
-        interrupted["done"] = True
+        time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)  # a real signal, as a terminal's Ctrl-C sends
+        time.sleep(0.1)
+        release.set()
 
     threading.Thread(target=press_ctrl_c, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
-        fan_out(range(10), work, max_workers=2, on_result=on_result, on_crash=lambda i, t: None, cancel=cancel)
-    assert interrupted["done"] and cancel.is_set()
-    assert set(results) == set(started)  # in-flight items reported; never-started items have no result
-    assert all(value == "interrupted" for value in results.values())
-    assert len(started) < 10
+        engine(recorder, max_sessions=2, cancel=cancel).run([f"n{i}" for i in range(10)], {})
+    assert not cancel.is_set()  # one Ctrl-C does not end sessions
+    assert sorted(recorder.launched) == sorted(recorder.calls)  # in-flight launches were waited for
+    assert len(recorder.calls) == 2 and not recorder.final
+
+
+def test_adaptive_rate_halves_on_throttling_and_recovers():
+    now = [0.0]
+    rate = AdaptiveRate(2.0, clock=lambda: now[0])
+    assert rate.try_acquire() and not rate.try_acquire()
+    now[0] = 0.5
+    assert rate.try_acquire()
+    rate.on_throttled()
+    assert rate.rate == 1.0 and rate.delay() > 0
+    for _ in range(100):
+        rate.on_success()
+    assert rate.rate == 2.0

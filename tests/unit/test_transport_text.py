@@ -47,3 +47,18 @@ def test_start_errors_are_classified():
     assert classify_start_error(throttled).kind == SESSION_THROTTLED
     other = classify_start_error("SessionManagerPlugin is not found. Please refer to SessionManager Documentation")
     assert other.kind == SESSION_START_FAILED and "SessionManagerPlugin is not found" in other.error
+
+
+def test_env_file_lines_round_trip_through_a_real_shell(tmp_path):
+    import subprocess
+
+    from collectors.transports.ssm import MAX_TYPED_LINE, env_file_lines
+
+    values = {"INSTANCE_GROUP": "odd 'group' \"name\" $HOME `id`\nline2", "HPC_UPLOAD_URL": URL,
+              **{f"HPC_X{i}": "v" * 900 for i in range(8)}}
+    lines = env_file_lines(values)
+    assert len(lines) > 1 and all(len(line.encode()) <= MAX_TYPED_LINE for line in lines)
+    script = "\n".join([f"d={tmp_path}"] + lines + ['. "$d/env"', 'printf "%s\\0" "$INSTANCE_GROUP" "$HPC_UPLOAD_URL" "$HPC_X7"'])
+    out = subprocess.run(["sh", "-c", script], capture_output=True, check=True).stdout.split(b"\0")
+    assert out[:3] == [values["INSTANCE_GROUP"].encode(), URL.encode(), b"v" * 900]
+    assert (tmp_path / "env").stat().st_size > 0
