@@ -21,6 +21,7 @@ from pathlib import Path
 
 from collectors.loopback import refuse_non_loopback
 from collectors.errors import SandboxError
+from collectors.sandbox.services import start_node_services, stop_node_services
 from collectors.sandbox.nodes import (
     ClusterFacts,
     Node,
@@ -285,6 +286,7 @@ class Sandbox:
         cluster = create_cluster(spec, clients)
         self.started += start_nodes(self.root, cluster).values()
         status = self.initial_status(spec, cluster, endpoint)
+        status.update(start_node_services(self.root, status))  # Slurm and sshd, once the nodes are up
         self.status_file.write_text(json.dumps(status, indent=2) + "\n")
         return status
 
@@ -329,7 +331,8 @@ class Sandbox:
             return
         if not (self.root / MARKER_FILE).exists():
             raise SandboxError(f"{self.root} is not a sandbox folder; not touching it")
-        survivors = stop_nodes(self.root) + self.stop_server()
+        # The nodes' daemons first: they are stopped by host PID while their nodes still run.
+        survivors = stop_node_services(self.root) + stop_nodes(self.root) + self.stop_server()
         if survivors:
             raise SandboxError(f"sandbox processes {survivors} did not stop; {self.root} is kept")
         shutil.rmtree(self.root)
