@@ -153,7 +153,7 @@ def missing_requirement() -> str | None:
         return "real Slurm in the sandbox needs root (munged runs as the munge user)"
     for tool, package in REQUIRED_TOOLS.items():
         if shutil.which(tool) is None:
-            return f"real Slurm in the sandbox needs `{tool}` (Debian package {package}; apt-get install slurm-wlm munge)"
+            return f"real Slurm in the sandbox needs `{tool}` (Debian package {package}; see .ci/run)"
     try:
         pwd.getpwnam("munge")
     except KeyError:
@@ -284,7 +284,9 @@ def make_gpu_devices(folder: Path, count: int) -> None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        os.mknod(folder / f"nvidia{index}", 0o666 | stat.S_IFCHR, os.makedev(NVIDIA_MAJOR, index))
+        device = folder / f"nvidia{index}"
+        if not device.exists():  # kept from an earlier start of Slurm on this node
+            os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(NVIDIA_MAJOR, index))
 
 
 def node_script(daemon_argv: list[str] | None) -> str:
@@ -429,16 +431,26 @@ def scenario_state(node: dict) -> tuple[str, str]:
     return state, reason
 
 
-def apply_scenario_states(paths: SlurmPaths, plan: SlurmPlan) -> dict[str, dict]:
-    """Drain or down the nodes the scenario names (one scontrol call per state and reason)."""
+def set_node_state(root: Path, names: list[str], state: str, reason: str) -> None:
+    """Drain, down or resume (idle) Slurm nodes by name, as an operator would with scontrol."""
+    if state not in SCENARIO_STATES:
+        raise SandboxError(f"Slurm state must be one of {SCENARIO_STATES}, not {state!r}")
+    paths = SlurmPaths(Path(root), state_dir(root))
+    arguments = [f"State={'RESUME' if state == 'idle' else state.upper()}"]
+    if state != "idle":
+        arguments.append(f"Reason={reason}")  # one argument: scontrol takes the reason as it is
+    slurm_command(paths, ["scontrol", "update", f"NodeName={','.join(names)}", *arguments])
+
+
+def apply_scenario_states(root: Path, nodes: list[dict]) -> dict[str, dict]:
+    """Drain or down the worker nodes the scenario names (one scontrol call per state and reason)."""
     batches: dict[tuple[str, str], list[str]] = {}
-    for node in plan.workers:
+    for node in nodes:
         state, reason = scenario_state(node)
-        if state != "idle":
+        if state != "idle" and role(node) == "worker":
             batches.setdefault((state, reason), []).append(node["hostname"])
     for (state, reason), names in batches.items():
-        slurm_command(paths, ["scontrol", "update", f"NodeName={','.join(names)}", f"State={state.upper()}",
-                              f"Reason={reason}"])
+        set_node_state(root, names, state, reason)
     return {name: {"state": state, "reason": reason} for (state, reason), names in batches.items() for name in names}
 
 
@@ -451,6 +463,8 @@ def start_slurm(root: Path, status: dict) -> dict:
     reason = missing_requirement()
     if reason:
         return {"running": False, "reason": reason}
+    for node in status["nodes"]:
+        scenario_state(node)  # a bad state in the scenario fails before anything starts
     paths = SlurmPaths(Path(root), create_state_dir(root))
     (paths.host_dir / "logs").mkdir(parents=True, exist_ok=True)
     plan = plan_cluster(status)
@@ -470,7 +484,7 @@ def start_slurm(root: Path, status: dict) -> dict:
         "slurmd_port": plan.slurmd_port,
         "munge_socket": str(paths.munge_socket),
         "slurmdbd_storage_pass": SLURMDBD_STORAGE_PASS,
-        "states": apply_scenario_states(paths, plan),
+        "states": apply_scenario_states(root, plan.workers),
     }
 
 
