@@ -14,12 +14,13 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from collectors.sandbox import SandboxSpec
+from collectors.errors import SandboxError
+from collectors.sandbox import Sandbox, SandboxSpec, slurm
 from collectors.sandbox.daemons import read_records, state_dir
 from collectors.sandbox.nodes import is_same_process
 from collectors.sandbox.services import stop_node_services
 from collectors.sandbox.slurm import SLURMDBD_STORAGE_PASS, apply_scenario_states, start_slurm
-from tests.conftest import require_tool
+from tests.conftest import require, require_namespaces, require_tool
 
 DRAIN_REASON = "Kill task failed"
 DOWN_REASON = "GPU fell off the bus: Xid 79"
@@ -191,3 +192,22 @@ def cmdline_and_env(pid: int) -> str:
             errors="replace")
     except OSError:
         return ""
+
+
+def test_a_slurm_start_that_fails_part_way_leaves_nothing_behind(tmp_path, monkeypatch):
+    require_namespaces()
+    require(os.geteuid() == 0, "the sandbox needs root")
+    require_slurm()
+    started = []
+
+    def fail_after_slurmctld(paths, plan):
+        started.extend(read_records(paths.records))  # munged and slurmctld are running by now
+        raise RuntimeError("slurmd would not start")
+
+    monkeypatch.setattr(slurm, "start_slurmds", fail_after_slurmctld)
+    sandbox = Sandbox(tmp_path / "root")
+    with pytest.raises(SandboxError, match="slurmd would not start"):
+        sandbox.up(SandboxSpec.simple(type="slurm", nodes=2))
+    assert sorted(record["name"] for record in started) == ["munged", "slurmctld"]
+    assert not any(is_same_process(*record["daemon"]) for record in started)
+    assert not state_dir(sandbox.root).exists() and not sandbox.root.exists()
