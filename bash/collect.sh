@@ -1,45 +1,82 @@
 # shellcheck shell=bash
 # collect.sh: the entry point, the last part of collector_script.sh (see lib.sh).
 #
-# Inputs, from the environment only:
-#   INSTANCE_GROUP, INSTANCE_ID   required; letters, digits, '.', '_', '-'
-#   CLUSTER_TYPE                  required; eks or slurm (the one the script was composed for)
-#   HPC_UPLOAD_URL                presigned S3 PUT URL for the tarball; never shown to any item
-#   HPC_KEEP_DIR                  without an upload URL, the tarball is moved here instead
-#   HPC_DEADLINE_SECONDS          node-wide budget, packaging and upload included (840)
-#   HPC_ITEM_TIMEOUT              time limit of one item (120)
-#   HPC_WORK_ROOT                 where the private work folder is made (/tmp)
-#   HPC_MIN_FREE_MB               items are not run while the work root has less free (100)
+# Inputs, from the environment only. Per node (the orchestrator's run stage):
+#   INSTANCE_GROUP          required; any text (recorded exactly; local file names use a safe form)
+#   INSTANCE_ID             required; letters, digits, '.', '_', '-'
+#   CLUSTER_TYPE            required; eks or slurm (the one the script was composed for)
+#   HPC_UPLOAD_URL          presigned S3 PUT URL for the tarball
+#   HPC_STATUS_URL          presigned S3 PUT URL for a small JSON status object (optional)
+#   HPC_EKS_COLLECTOR_URL   presigned S3 GET URL of the pinned EKS log collector (optional)
+#   HPC_RUN_ID              the run's id: a second collector of the same run on this node exits 5
+#   HPC_DEADLINE_SECONDS    node-wide budget, packaging and upload included (840)
+# The URLs are credentials: no item, log line, status object or result line ever shows them.
+# Node options, the same for every node of a run: their defaults are baked into the
+# generated block before this part (collectors/nodescript.py), and the environment wins:
+#   HPC_SINCE               journal and log window: 30m, 12h, 3d, 2w, an ISO date/time, or all
+#   HPC_FILE_CAP_MB         per-file cap; longer files keep their last bytes (50)
+#   HPC_BUNDLE_CAP_MB       cap on the whole report before compression (2048)
+#   HPC_NVIDIA_BUG_REPORT   1 to run nvidia-bug-report.sh (slow), 0 not to
+#   HPC_EKS_COLLECTOR       1 to run the EKS log collector (needs its URL and sha256)
+#   HPC_EKS_COLLECTOR_SHA256  the collector's expected sha256, checked again on the node
+#   HPC_UPLOAD_MODE         presigned (curl PUT, no S3 permissions needed) or awscli (aws s3 cp)
+#   HPC_S3_DESTINATION      awscli mode: s3://bucket/prefix/instances/ (the key adds GROUP_ID.tar.gz)
+#   HPC_REDACT_PATTERNS     extra redaction patterns (extended regex), one per line
+# Other settings, with their defaults:
+#   HPC_KEEP_DIR            without an upload destination, the tarball is moved here instead
+#   HPC_ITEM_TIMEOUT (120), HPC_NVIDIA_BUG_REPORT_TIMEOUT (300), HPC_EKS_COLLECTOR_TIMEOUT (300)
+#   HPC_WORK_ROOT           where the private work folder is made: the first of these (':'
+#                           separated) with HPC_MIN_FREE_MB free (/tmp:/var/tmp:/opt/dlami/nvme)
+#   HPC_MIN_FREE_MB         items are not run while the work root has less free (100)
+#   HPC_POD_NAMESPACES      namespaces whose pod logs are collected (kube-system aws-hyperpod ...)
 # Output: one progress line per item on stdout, and as the last line
-#   HPC_RESULT status=<ok|ok_with_errors|upload_failed> items=N failed_items=M bytes=B sha256=H tarball=NAME
-# Exit: 0 ok, 3 ok_with_errors, 4 upload_failed, 2 bad input (one line on stderr).
+#   HPC_RESULT status=S rc=N items=N failed_items=N skipped_items=N bytes=B sha256=H tarball=NAME [kept=PATH]
+# S is ok, ok_with_errors, upload_failed or already_running; tarball is the local file name;
+# kept (spaces as %20) is where the tarball stays on this node when it was not uploaded.
+# Exit: 0 ok, 3 ok_with_errors, 4 upload_failed, 5 already_running, 2 bad input (one line on stderr).
 
 set -Eeuo pipefail
 
-readonly HPC_EXIT_OK=0 HPC_EXIT_ITEMS_FAILED=3 HPC_EXIT_UPLOAD_FAILED=4
-trap 'printf "hpc-collect: internal error at line %s: %s\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
+readonly HPC_EXIT_OK=0 HPC_EXIT_ITEMS_FAILED=3 HPC_EXIT_UPLOAD_FAILED=4 HPC_EXIT_ALREADY_RUNNING=5
+readonly HPC_URL_RE='^https?://[^[:space:]"\]+$'
+readonly HPC_RESERVE_BYTES=1048576
 
-# Presigned URLs are credentials: HPC_UPLOAD_URL (write our tarball) and HPC_SCRIPT_URL
-# (which the orchestrator exports to fetch this script). Keep the first in a shell
-# variable, then re-run this script with neither in its environment and the upload URL
-# on fd 3: `unset` alone would leave both in /proc/<pid>/environ, which `ps e` in any item
+# An unexpected failure in this shell still packages and delivers what was gathered.
+hpc_on_error() {
+  printf 'hpc-collect: internal error at line %s: %s\n' "$1" "$2" >&2
+  if [[ $BASHPID == "$$" && -n ${HPC_REPORT_DIR:-} && -z ${HPC_FINISHING:-} ]]; then
+    hpc_manifest_row internal_error 70 0 0 0 0 0 "line $1: $2"
+    hpc_finish
+  fi
+}
+trap 'hpc_on_error "$LINENO" "$BASH_COMMAND"' ERR
+
+# Presigned URLs are credentials: HPC_UPLOAD_URL, HPC_STATUS_URL, HPC_EKS_COLLECTOR_URL and
+# HPC_SCRIPT_URL (which the orchestrator exports to fetch this script). Keep the first three
+# in shell variables, then re-run this script with none in its environment and the URLs on
+# fd 3: `unset` alone would leave them in /proc/<pid>/environ, which `ps e` in any item
 # shows. (Run from a pipe there is no file to re-run; unset is then the best there is.)
-hpc_take_upload_url() {
-  local self=${BASH_SOURCE[0]:-}
-  HPC_URL=""
-  if [[ -n ${HPC_URL_ON_FD3:-} ]]; then
-    unset HPC_URL_ON_FD3
-    IFS= read -r HPC_URL <&3 || true
+hpc_take_urls() {
+  local self=${BASH_SOURCE[0]:-} name
+  HPC_URL_UPLOAD="" HPC_URL_STATUS="" HPC_URL_EKS=""
+  if [[ -n ${HPC_URLS_ON_FD3:-} ]]; then
+    unset HPC_URLS_ON_FD3
+    { IFS= read -r HPC_URL_UPLOAD && IFS= read -r HPC_URL_STATUS && IFS= read -r HPC_URL_EKS; } <&3 || true
     exec 3<&-
     return 0
   fi
-  if [[ -n ${HPC_UPLOAD_URL:-}${HPC_SCRIPT_URL:-} ]]; then
-    HPC_URL=${HPC_UPLOAD_URL:-}
-    unset HPC_UPLOAD_URL HPC_SCRIPT_URL
-    if [[ -n $self && -f $self ]]; then
-      export HPC_URL_ON_FD3=1
-      exec "$BASH" "$self" 3<<<"$HPC_URL"
-    fi
+  if [[ -z ${HPC_UPLOAD_URL:-}${HPC_STATUS_URL:-}${HPC_EKS_COLLECTOR_URL:-}${HPC_SCRIPT_URL:-} ]]; then
+    return 0
+  fi
+  HPC_URL_UPLOAD=${HPC_UPLOAD_URL:-} HPC_URL_STATUS=${HPC_STATUS_URL:-} HPC_URL_EKS=${HPC_EKS_COLLECTOR_URL:-}
+  unset HPC_UPLOAD_URL HPC_STATUS_URL HPC_EKS_COLLECTOR_URL HPC_SCRIPT_URL
+  for name in HPC_URL_UPLOAD HPC_URL_STATUS HPC_URL_EKS; do
+    # One URL per line on fd 3; checked for real in hpc_read_destination.
+    [[ ${!name} != *$'\n'* ]] || hpc_bad_input "${name/HPC_URL_/HPC_} holds a newline"
+  done
+  if [[ -n $self && -f $self ]]; then
+    export HPC_URLS_ON_FD3=1
+    exec "$BASH" "$self" 3<<<"$HPC_URL_UPLOAD"$'\n'"$HPC_URL_STATUS"$'\n'"$HPC_URL_EKS"
   fi
 }
 
@@ -53,17 +90,27 @@ hpc_int_setting() {
   printf -v "$name" '%d' "$((10#$value))"
 }
 
+# Sets NAME to 1 or 0 from 1/true/yes/on or 0/false/no/off.
+hpc_bool_setting() {
+  local name=$1 default=$2
+  case ${!name:-$default} in
+    1 | true | yes | on) printf -v "$name" 1 ;;
+    0 | false | no | off) printf -v "$name" 0 ;;
+    *) hpc_bad_input "$name must be 1 or 0, not $(printf '%q' "${!name}")" ;;
+  esac
+}
+
 hpc_read_identity() {
-  local name
-  for name in INSTANCE_GROUP INSTANCE_ID; do
-    if [[ -z ${!name:-} ]]; then
-      hpc_bad_input "$name is not set"
-    fi
-    # Both become file names, here and in S3.
-    if [[ ! ${!name} =~ ^[A-Za-z0-9._-]+$ ]]; then
-      hpc_bad_input "$name must use only letters, digits, '.', '_' and '-', not $(printf '%q' "${!name}")"
-    fi
-  done
+  # Any text is a valid group; it becomes a file name only in its safe form.
+  if [[ -z ${INSTANCE_GROUP:-} ]]; then
+    hpc_bad_input "INSTANCE_GROUP is not set"
+  fi
+  if [[ -z ${INSTANCE_ID:-} ]]; then
+    hpc_bad_input "INSTANCE_ID is not set"
+  fi
+  if [[ ! $INSTANCE_ID =~ ^[A-Za-z0-9._-]+$ ]]; then
+    hpc_bad_input "INSTANCE_ID must use only letters, digits, '.', '_' and '-', not $(printf '%q' "$INSTANCE_ID")"
+  fi
   case ${CLUSTER_TYPE:-} in
     eks | slurm) ;;
     "") hpc_bad_input "CLUSTER_TYPE is not set (eks or slurm)" ;;
@@ -72,37 +119,148 @@ hpc_read_identity() {
   if ! declare -F "hpc_items_$CLUSTER_TYPE" >/dev/null; then
     hpc_bad_input "this collector script was composed for another cluster type than $CLUSTER_TYPE"
   fi
+  if [[ -n ${HPC_RUN_ID:-} && ! $HPC_RUN_ID =~ ^[A-Za-z0-9._:-]{1,128}$ ]]; then
+    hpc_bad_input "HPC_RUN_ID must use only letters, digits, '.', '_', ':' and '-', not $(printf '%q' "$HPC_RUN_ID")"
+  fi
 }
 
+# HPC_SINCE -> HPC_SINCE_EPOCH (0 for all) and HPC_SINCE_JOURNAL (journalctl --since, in
+# the node's local time, which is how journalctl reads it; empty for all).
+hpc_read_since() {
+  local value=${HPC_SINCE:-3d} seconds epoch
+  HPC_SINCE=$value
+  if [[ $value == all ]]; then
+    HPC_SINCE_EPOCH=0 HPC_SINCE_JOURNAL=""
+    return 0
+  fi
+  if [[ $value =~ ^([0-9]{1,6})([smhdw])$ ]]; then
+    case ${BASH_REMATCH[2]} in
+      s) seconds=1 ;;
+      m) seconds=60 ;;
+      h) seconds=3600 ;;
+      d) seconds=86400 ;;
+      w) seconds=604800 ;;
+    esac
+    epoch=$(($(date +%s) - 10#${BASH_REMATCH[1]} * seconds))
+  elif [[ $value =~ ^[0-9][0-9A-Za-z:.+\ -]*$ ]] && epoch=$(date -d "$value" +%s 2>/dev/null); then
+    :
+  else
+    hpc_bad_input "HPC_SINCE must be a duration (30m, 12h, 3d, 2w), an ISO date/time or all, not $(printf '%q' "$value")"
+  fi
+  HPC_SINCE_EPOCH=$((epoch < 0 ? 0 : epoch))
+  # shellcheck disable=SC2034 # read by hpc_journal (lib.sh) in the items
+  HPC_SINCE_JOURNAL=$(date -d "@$HPC_SINCE_EPOCH" '+%Y-%m-%d %H:%M:%S')
+}
+
+hpc_read_options() {
+  hpc_read_since
+  hpc_int_setting HPC_FILE_CAP_MB 50 1
+  hpc_int_setting HPC_BUNDLE_CAP_MB 2048 1
+  # shellcheck disable=SC2034 # both read by lib.sh
+  HPC_FILE_CAP_BYTES=$((HPC_FILE_CAP_MB * 1048576)) HPC_BUNDLE_CAP_BYTES=$((HPC_BUNDLE_CAP_MB * 1048576))
+  hpc_bool_setting HPC_NVIDIA_BUG_REPORT 1
+  hpc_bool_setting HPC_EKS_COLLECTOR 0
+  hpc_int_setting HPC_NVIDIA_BUG_REPORT_TIMEOUT 300 3
+  hpc_int_setting HPC_EKS_COLLECTOR_TIMEOUT 300 10
+  HPC_EKS_COLLECTOR_SHA256=${HPC_EKS_COLLECTOR_SHA256:-}
+  if [[ -n $HPC_EKS_COLLECTOR_SHA256 && ! $HPC_EKS_COLLECTOR_SHA256 =~ ^[0-9a-f]{64}$ ]]; then
+    hpc_bad_input "HPC_EKS_COLLECTOR_SHA256 must be 64 lowercase hex digits"
+  fi
+  HPC_POD_NAMESPACES=${HPC_POD_NAMESPACES:-kube-system aws-hyperpod amazon-cloudwatch}
+  if [[ ! $HPC_POD_NAMESPACES =~ ^[a-z0-9\ -]+$ ]]; then
+    hpc_bad_input "HPC_POD_NAMESPACES must be namespace names separated by spaces"
+  fi
+  HPC_UPLOAD_MODE=${HPC_UPLOAD_MODE:-presigned}
+  HPC_S3_DESTINATION=${HPC_S3_DESTINATION:-}
+}
+
+# Where the tarball goes: a presigned PUT, `aws s3 cp`, or (neither) HPC_KEEP_DIR.
 hpc_read_destination() {
-  # curl reads the URL from a config line, so quotes, backslashes and blanks cannot be in it
-  # (a presigned URL is percent-encoded and has none). The URL itself is never echoed.
-  local url_re='^https?://[^[:space:]"\]+$'
-  if [[ -n $HPC_URL ]]; then
-    if [[ ! $HPC_URL =~ $url_re ]]; then
-      hpc_bad_input "HPC_UPLOAD_URL is not an http(s) URL without blanks, quotes or backslashes"
+  local name
+  for name in HPC_URL_UPLOAD HPC_URL_STATUS HPC_URL_EKS; do
+    # curl reads URLs from a config line, so quotes, backslashes and blanks cannot be in
+    # them (a presigned URL is percent-encoded and has none). Never echoed.
+    if [[ -n ${!name} && ! ${!name} =~ $HPC_URL_RE ]]; then
+      hpc_bad_input "${name/HPC_URL_/HPC_}_URL is not an http(s) URL without blanks, quotes or backslashes"
     fi
-  elif [[ -z ${HPC_KEEP_DIR:-} ]]; then
+  done
+  HPC_DELIVERY=""
+  case $HPC_UPLOAD_MODE in
+    presigned) [[ -z $HPC_URL_UPLOAD ]] || HPC_DELIVERY=presigned ;;
+    awscli)
+      if [[ -n $HPC_S3_DESTINATION ]]; then
+        [[ $HPC_S3_DESTINATION =~ ^s3://[a-z0-9][a-z0-9.-]*[a-z0-9]/(.*/)?$ ]] ||
+          hpc_bad_input "HPC_S3_DESTINATION must look like s3://bucket/prefix/ (ending in /)"
+        HPC_DELIVERY=awscli
+      fi
+      ;;
+    *) hpc_bad_input "HPC_UPLOAD_MODE must be presigned or awscli, not $(printf '%q' "$HPC_UPLOAD_MODE")" ;;
+  esac
+  if [[ -n $HPC_DELIVERY ]]; then
+    return 0
+  fi
+  if [[ -z ${HPC_KEEP_DIR:-} ]]; then
+    if [[ $HPC_UPLOAD_MODE == awscli ]]; then
+      hpc_bad_input "HPC_S3_DESTINATION is not set (nor HPC_KEEP_DIR, to keep the tarball on the node)"
+    fi
     hpc_bad_input "HPC_UPLOAD_URL is not set (nor HPC_KEEP_DIR, to keep the tarball on the node)"
   elif ! mkdir -p -- "$HPC_KEEP_DIR" 2>/dev/null; then
     hpc_bad_input "HPC_KEEP_DIR $(printf '%q' "$HPC_KEEP_DIR") is not a folder that can be made"
   fi
+  HPC_DELIVERY=keep
+}
+
+# The work roots that exist, in order of preference (HPC_WORK_ROOT, ':' separated).
+hpc_read_work_roots() {
+  local roots=() root
+  IFS=: read -r -a roots <<<"${HPC_WORK_ROOT:-/tmp:/var/tmp:/opt/dlami/nvme}"
+  HPC_WORK_ROOTS=()
+  for root in ${roots[@]+"${roots[@]}"}; do
+    [[ -n $root && -d $root ]] && HPC_WORK_ROOTS+=("$root")
+  done
+  if ((${#HPC_WORK_ROOTS[@]} == 0)); then
+    hpc_bad_input "HPC_WORK_ROOT $(printf '%q' "${HPC_WORK_ROOT:-}") names no folder"
+  fi
+}
+
+# Makes the private work folder in the first root with HPC_MIN_FREE_MB free (a full /tmp
+# must not cost the report), else in the root with the most room.
+hpc_make_work_dir() {
+  local root free best="" best_free=-1
+  for root in "${HPC_WORK_ROOTS[@]}"; do
+    free=$(hpc_free_mb "$root")
+    free=${free:-999999999}
+    if ((free >= HPC_MIN_FREE_MB)) && hpc_try_work_dir "$root"; then
+      return 0
+    fi
+    if ((free > best_free)); then
+      best=$root best_free=$free
+    fi
+  done
+  hpc_try_work_dir "$best" ||
+    hpc_bad_input "cannot make a work folder under $(printf '%q' "$best")"
+}
+
+# A private folder (mode 0700, random name): never fixed names in a shared /tmp.
+hpc_try_work_dir() {
+  HPC_WORK_DIR=$(mktemp -d "$1/hpc-collect.XXXXXXXX" 2>/dev/null) || return 1
+  HPC_WORK_ROOT=$1
 }
 
 hpc_read_inputs() {
-  local tool tools=(timeout tar gzip sha256sum)
+  local tool tools=(timeout tar gzip sha256sum sed grep find sort stat)
   hpc_read_identity
+  hpc_read_options
   hpc_read_destination
   hpc_int_setting HPC_DEADLINE_SECONDS 840 1
   hpc_int_setting HPC_ITEM_TIMEOUT 120 1
   hpc_int_setting HPC_MIN_FREE_MB 100 0
-  HPC_WORK_ROOT=${HPC_WORK_ROOT:-/tmp}
-  if [[ ! -d $HPC_WORK_ROOT ]]; then
-    hpc_bad_input "HPC_WORK_ROOT $(printf '%q' "$HPC_WORK_ROOT") is not a folder"
-  fi
-  if [[ -n $HPC_URL ]]; then
-    tools+=(curl)
-  fi
+  hpc_read_work_roots
+  hpc_check_redact_patterns
+  case $HPC_DELIVERY in
+    presigned) tools+=(curl) ;;
+    awscli) tools+=(aws) ;;
+  esac
   for tool in "${tools[@]}"; do
     if ! command -v "$tool" >/dev/null 2>&1; then
       hpc_bad_input "$tool is not on PATH"
@@ -110,28 +268,130 @@ hpc_read_inputs() {
   done
 }
 
-hpc_cleanup() {
-  if [[ -n ${HPC_WORK_DIR:-} ]]; then
-    rm -rf -- "$HPC_WORK_DIR"
+# A root-only folder for lock files: /run/hpc-collect, else one of our own in the work root.
+hpc_lock_dir() {
+  local dir
+  for dir in /run/hpc-collect "${HPC_WORK_ROOTS[0]}/.hpc-collect-locks-$UID"; do
+    [[ -d $dir ]] || mkdir -m 0700 -- "$dir" 2>/dev/null || continue
+    if [[ -d $dir && ! -L $dir && -O $dir ]]; then
+      printf '%s\n' "$dir"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# One collector per run and node: a second one (a retried session, a twice-typed line)
+# reports the first one's pid and exits 5 without touching anything. The lock file is
+# named by run and instance (sandbox nodes share /run), and never removed: removing it
+# would let two collectors lock two different files.
+hpc_lock_run() {
+  local dir file pid=""
+  # Items close HPC_LOCK_FD; without a run id it is just /dev/null.
+  exec {HPC_LOCK_FD}</dev/null
+  [[ -n ${HPC_RUN_ID:-} ]] || return 0
+  if ! command -v flock >/dev/null 2>&1 || ! dir=$(hpc_lock_dir); then
+    hpc_progress "no lock on this run (flock or a lock folder missing): not checking for another collector"
+    return 0
+  fi
+  file=$dir/$(hpc_safe_name "$HPC_RUN_ID" 128)_$INSTANCE_ID.lock
+  exec {HPC_LOCK_FD}<>"$file"
+  if ! flock -n "$HPC_LOCK_FD"; then
+    IFS= read -r pid <"$file" || true
+    printf 'HPC_RESULT status=already_running rc=%s items=0 failed_items=0 skipped_items=0 bytes=0 sha256=- tarball=- pid=%s\n' \
+      "$HPC_EXIT_ALREADY_RUNNING" "${pid:--}"
+    exit "$HPC_EXIT_ALREADY_RUNNING"
+  fi
+  printf '%s\n' "$$" >"$file"
+}
+
+# JSON string for TEXT (quotes, backslashes and control characters escaped).
+hpc_json_string() {
+  local LC_ALL=C
+  local text=${1//\\/\\\\}
+  text=${text//\"/\\\"}
+  text=${text//$'\n'/\\n}
+  text=${text//$'\t'/\\t}
+  text=${text//[[:cntrl:]]/?}
+  printf '"%s"' "$text"
+}
+
+# PUTs a small JSON object to HPC_STATUS_URL, for an orchestrator that does not wait in
+# the session. Never fatal, URL never shown (curl reads it from stdin).
+hpc_put_status() {
+  local rc=0 err
+  [[ -n ${HPC_URL_STATUS:-} ]] || return 0
+  command -v curl >/dev/null 2>&1 || return 0
+  err=$(printf 'url = "%s"\n' "$HPC_URL_STATUS" |
+    curl -fsS --retry 2 --connect-timeout 5 --max-time 20 -X PUT -H 'Content-Type: application/json' \
+      --data-binary "$1" -o /dev/null --config - 2>&1) || rc=$?
+  if ((rc != 0)); then
+    hpc_progress "status report failed (curl rc=$rc): $(hpc_scrub_urls <<<"$err")"
+  fi
+  return 0
+}
+
+hpc_utc_now() {
+  date -u +%Y-%m-%dT%H:%M:%SZ
+}
+
+# Bad input: the orchestrator, when it does not wait in the session, learns it at once.
+hpc_on_bad_input() {
+  if [[ -n ${HPC_URL_STATUS:-} && $HPC_URL_STATUS =~ $HPC_URL_RE ]]; then
+    hpc_put_status "{\"state\":\"done\",\"status\":\"bad_input\",\"rc\":$HPC_EXIT_BAD_INPUT,\"error\":$(hpc_json_string "$1"),\"finished\":\"$(hpc_utc_now)\",\"pid\":$$}" >/dev/null
   fi
 }
 
+hpc_cleanup() {
+  local dir
+  for dir in ${HPC_EXTRA_DIRS[@]+"${HPC_EXTRA_DIRS[@]}"} ${HPC_WORK_DIR:+"$HPC_WORK_DIR"}; do
+    if [[ -n ${HPC_KEPT:-} && $HPC_KEPT == "$dir"/* ]]; then
+      # The tarball was not delivered: it stays, alone, in its private folder.
+      find "$dir" -mindepth 1 -maxdepth 1 ! -path "$HPC_KEPT" -exec rm -rf -- {} + 2>/dev/null || true
+    else
+      rm -rf -- "$dir"
+    fi
+  done
+}
+
+# Tools in HyperPod's usual places, for a root shell whose PATH lacks them (SSM sessions
+# start `sh` without the login profile): appended, so the node's own PATH wins.
+hpc_extend_path() {
+  local dir
+  for dir in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin /opt/slurm/bin \
+    /opt/amazon/efa/bin /usr/local/cuda/bin; do
+    if [[ -d $dir && ":$PATH:" != *":$dir:"* ]]; then
+      PATH=$PATH:$dir
+    fi
+  done
+  export PATH
+}
+
 hpc_prepare() {
+  HPC_STARTED=$(hpc_utc_now)
   hpc_start_clock "$HPC_DEADLINE_SECONDS"
   # Collection shares the node with training jobs: lowest CPU and I/O priority short of idle.
   renice -n 10 -p "$$" >/dev/null 2>&1 || true
   ionice -c 2 -n 7 -p "$$" >/dev/null 2>&1 || true
-  # A private folder (mode 0700, random name): never fixed names in a shared /tmp.
-  HPC_WORK_DIR=$(mktemp -d "$HPC_WORK_ROOT/hpc-collect.XXXXXXXX" 2>/dev/null) ||
-    hpc_bad_input "cannot make a work folder under $(printf '%q' "$HPC_WORK_ROOT")"
+  hpc_make_work_dir
+  HPC_EXTRA_DIRS=()
   trap hpc_cleanup EXIT
   trap 'hpc_on_signal TERM' TERM
   trap 'hpc_on_signal INT' INT
   trap 'hpc_on_signal HUP' HUP
-  HPC_REPORT_NAME=hyperpod_report_${INSTANCE_GROUP}_${INSTANCE_ID}_$(date -u +%Y%m%d_%H%M%S)
+  HPC_SAFE_GROUP=$(hpc_safe_name "$INSTANCE_GROUP" 100)
+  HPC_REPORT_NAME=hyperpod_report_${HPC_SAFE_GROUP}_${INSTANCE_ID}_$(date -u +%Y%m%d_%H%M%S)
   HPC_REPORT_DIR=$HPC_WORK_DIR/$HPC_REPORT_NAME
-  mkdir -- "$HPC_REPORT_DIR"
-  printf 'item\trc\tseconds\tbytes\ttimed_out\n' >"$HPC_REPORT_DIR/manifest.tsv"
+  # shellcheck disable=SC2034 # read by lib.sh, here and in the items
+  HPC_CUTS_FILE=$HPC_WORK_DIR/cuts.tsv
+  mkdir -- "$HPC_REPORT_DIR" "$HPC_WORK_DIR/tmp"
+  hpc_prepare_redaction "$HPC_WORK_DIR"
+  # Room for the manifest and the tarball if the disk fills up while items run.
+  head -c "$HPC_RESERVE_BYTES" /dev/zero >"$HPC_WORK_DIR/reserve" 2>/dev/null || rm -f -- "$HPC_WORK_DIR/reserve"
+  if [[ $HPC_WORK_ROOT != "${HPC_WORK_ROOTS[0]}" ]]; then
+    hpc_progress "$(hpc_printable "${HPC_WORK_ROOTS[0]}") has less than $HPC_MIN_FREE_MB MB free: working in $(hpc_printable "$HPC_WORK_ROOT")"
+  fi
+  hpc_put_status "{\"state\":\"running\",\"started\":\"$HPC_STARTED\",\"pid\":$$,\"run_id\":$(hpc_json_string "${HPC_RUN_ID:-}"),\"instance_id\":\"$INSTANCE_ID\"}"
 }
 
 # The operator's extra commands (HPC_USER_COMMANDS, from the generated block), each its
@@ -145,15 +405,50 @@ hpc_run_user_commands() {
   done
 }
 
+# tar into DIR; GNU tar exits 1 when a file changed while it was read (a stray child of a
+# killed item still writing), and the archive is still whole.
+hpc_tar_into() {
+  local rc=0
+  tar -C "$HPC_WORK_DIR" -czf "$1/$HPC_TARBALL_NAME" -- "$HPC_REPORT_NAME" 2>/dev/null || rc=$?
+  if ((rc <= 1)); then
+    HPC_TARBALL=$1/$HPC_TARBALL_NAME
+    return 0
+  fi
+  rm -f -- "$1/$HPC_TARBALL_NAME"
+  return 1
+}
+
+# The largest file of the report goes, and is named in pruned.txt: used only when no
+# root has room for the whole tarball.
+hpc_prune_largest() {
+  local largest
+  largest=$(find "$HPC_REPORT_DIR" -type f ! -name 'manifest*.tsv' ! -name pruned.txt -printf '%s\t%P\n' 2>/dev/null |
+    sort -rn | head -n 1 | cut -f 2-) || true
+  [[ -n $largest ]] || return 1
+  rm -f -- "$HPC_REPORT_DIR/$largest"
+  printf '%s\n' "$largest" >>"$HPC_REPORT_DIR/pruned.txt" 2>/dev/null || true
+  hpc_progress "no room for the tarball: left out $(hpc_printable "$largest")"
+}
+
 # Sets HPC_TARBALL; fails only when there is no whole tarball to deliver.
 hpc_package() {
-  local rc=0
-  HPC_TARBALL_NAME=${INSTANCE_GROUP}_${INSTANCE_ID}.tar.gz
-  HPC_TARBALL=$HPC_WORK_DIR/$HPC_TARBALL_NAME
-  tar -C "$HPC_WORK_DIR" -czf "$HPC_TARBALL" -- "$HPC_REPORT_NAME" || rc=$?
-  # GNU tar exits 1 when a file changed while it was read (a stray child of a killed item
-  # still writing); the archive is still whole.
-  ((rc <= 1))
+  local root dir tries
+  HPC_TARBALL_NAME=${HPC_SAFE_GROUP}_${INSTANCE_ID}.tar.gz
+  rm -f -- "$HPC_WORK_DIR/reserve"
+  rm -rf -- "$HPC_WORK_DIR/tmp"
+  hpc_write_manifest 2>/dev/null || hpc_progress "could not write the manifest"
+  hpc_tar_into "$HPC_WORK_DIR" && return 0
+  for root in "${HPC_WORK_ROOTS[@]}"; do
+    [[ $root != "$HPC_WORK_ROOT" ]] || continue
+    dir=$(mktemp -d "$root/hpc-collect.XXXXXXXX" 2>/dev/null) || continue
+    HPC_EXTRA_DIRS+=("$dir")
+    hpc_tar_into "$dir" && return 0
+  done
+  for ((tries = 0; tries < 50; tries++)); do
+    hpc_prune_largest || return 1
+    hpc_tar_into "$HPC_WORK_DIR" && return 0
+  done
+  return 1
 }
 
 # curl's messages name the URL on some failures: keep scheme, host and path only.
@@ -161,17 +456,20 @@ hpc_scrub_urls() {
   sed -E 's#(https?://[^?[:space:]]*)\?[^[:space:]]*#\1?<redacted>#g' | tr '\n' ' '
 }
 
-# The URL goes to curl on stdin (a config line), so it is in no process's arguments.
-hpc_upload() {
-  local rc=0 max_s err=$HPC_WORK_DIR/upload.err
+hpc_upload_budget() {
+  local max_s
   # Past the deadline the upload still gets a minute: gathered data is always delivered.
   max_s=$(hpc_seconds_left)
-  if ((max_s < 60)); then
-    max_s=60
-  fi
-  printf 'url = "%s"\n' "$HPC_URL" |
-    curl -fsS --retry 3 --connect-timeout 10 --max-time "$max_s" --retry-max-time "$max_s" \
-      -X PUT -T "$HPC_TARBALL" -o /dev/null --config - 2>"$err" || rc=$?
+  printf '%s\n' "$((max_s < 60 ? 60 : max_s))"
+}
+
+# The URL goes to curl on stdin (a config line), so it is in no process's arguments.
+hpc_upload_presigned() {
+  local rc=0 max_s err=$HPC_WORK_DIR/upload.err
+  max_s=$(hpc_upload_budget)
+  printf 'url = "%s"\n' "$HPC_URL_UPLOAD" |
+    curl -fsS --retry 3 --retry-connrefused --connect-timeout 10 --max-time "$max_s" \
+      --retry-max-time "$max_s" -X PUT -T "$HPC_TARBALL" -o /dev/null --config - 2>"$err" || rc=$?
   if ((rc != 0)); then
     hpc_progress "upload failed (curl rc=$rc): $(hpc_scrub_urls <"$err")"
     return 1
@@ -179,20 +477,53 @@ hpc_upload() {
   hpc_progress "uploaded $HPC_TARBALL_NAME"
 }
 
-hpc_deliver() {
-  if [[ -n $HPC_URL ]]; then
-    hpc_upload
-  elif mv -f -- "$HPC_TARBALL" "$HPC_KEEP_DIR/"; then
-    hpc_progress "kept $HPC_TARBALL_NAME in $HPC_KEEP_DIR"
-  else
-    hpc_progress "could not move $HPC_TARBALL_NAME into $HPC_KEEP_DIR"
+# The fallback mode: the node's own AWS credentials (instance role). The key holds the
+# group exactly as given, as the orchestrator expects; it is an argument, never shell text.
+hpc_upload_awscli() {
+  local rc=0 max_s err=$HPC_WORK_DIR/upload.err
+  local destination=${HPC_S3_DESTINATION}${INSTANCE_GROUP}_${INSTANCE_ID}.tar.gz
+  max_s=$(hpc_upload_budget)
+  timeout --kill-after=10 "$max_s" aws s3 cp --only-show-errors -- "$HPC_TARBALL" "$destination" \
+    </dev/null >/dev/null 2>"$err" {HPC_LOCK_FD}>&- || rc=$?
+  if ((rc != 0)); then
+    hpc_progress "upload failed (aws s3 cp rc=$rc): $(hpc_scrub_urls <"$err")"
     return 1
   fi
+  hpc_progress "uploaded $HPC_TARBALL_NAME with aws s3 cp"
+}
+
+hpc_deliver() {
+  case $HPC_DELIVERY in
+    presigned) hpc_upload_presigned ;;
+    awscli) hpc_upload_awscli ;;
+    keep)
+      if mv -f -- "$HPC_TARBALL" "$HPC_KEEP_DIR/"; then
+        HPC_TARBALL=$HPC_KEEP_DIR/$HPC_TARBALL_NAME
+        hpc_progress "kept $HPC_TARBALL_NAME in $(hpc_printable "$HPC_KEEP_DIR")"
+      else
+        hpc_progress "could not move $HPC_TARBALL_NAME into $(hpc_printable "$HPC_KEEP_DIR")"
+        return 1
+      fi
+      ;;
+  esac
+}
+
+# A path in the result line is one token: %, blanks and control characters percent-encoded.
+hpc_result_path() {
+  local LC_ALL=C
+  local path=${1//%/%25}
+  path=${path// /%20}
+  path=${path//$'\t'/%09}
+  path=${path//$'\n'/%0A}
+  printf '%s\n' "${path//[[:cntrl:]]/%3F}"
 }
 
 # Always reached, whatever the items did: package, deliver, then the one result line.
 hpc_finish() {
-  local bytes=0 sha=- status=ok code=$HPC_EXIT_OK
+  local bytes=0 sha=- status=ok code=$HPC_EXIT_OK kept=""
+  HPC_FINISHING=1
+  trap - ERR
+  set +e
   if hpc_package; then
     bytes=$(($(wc -c <"$HPC_TARBALL")))
     sha=$(sha256sum <"$HPC_TARBALL")
@@ -200,6 +531,9 @@ hpc_finish() {
     if ! hpc_deliver; then
       status=upload_failed
       code=$HPC_EXIT_UPLOAD_FAILED
+    fi
+    if [[ $status == upload_failed || $HPC_DELIVERY == keep ]]; then
+      kept=$HPC_TARBALL
     fi
   else
     hpc_progress "packaging failed: nothing to deliver"
@@ -210,19 +544,27 @@ hpc_finish() {
     status=ok_with_errors
     code=$HPC_EXIT_ITEMS_FAILED
   fi
-  printf 'HPC_RESULT status=%s items=%s failed_items=%s bytes=%s sha256=%s tarball=%s\n' \
-    "$status" "$HPC_ITEMS" "$HPC_FAILED_ITEMS" "$bytes" "$sha" "${HPC_TARBALL_NAME:-}"
+  [[ $HPC_DELIVERY == keep ]] || HPC_KEPT=$kept
+  hpc_put_status "{\"state\":\"done\",\"status\":\"$status\",\"rc\":$code,\"items\":$HPC_ITEMS,\"failed_items\":$HPC_FAILED_ITEMS,\"skipped_items\":$HPC_SKIPPED_ITEMS,\"bytes\":$bytes,\"sha256\":\"$sha\",\"tarball\":\"${HPC_TARBALL_NAME:-}\",\"kept\":$(
+    if [[ -n $kept ]]; then hpc_json_string "$kept"; else printf null; fi),\"started\":\"$HPC_STARTED\",\"finished\":\"$(hpc_utc_now)\",\"pid\":$$,\"run_id\":$(hpc_json_string "${HPC_RUN_ID:-}")}"
+  printf 'HPC_RESULT status=%s rc=%s items=%s failed_items=%s skipped_items=%s bytes=%s sha256=%s tarball=%s%s\n' \
+    "$status" "$code" "$HPC_ITEMS" "$HPC_FAILED_ITEMS" "$HPC_SKIPPED_ITEMS" "$bytes" "$sha" "${HPC_TARBALL_NAME:-}" \
+    "${kept:+ kept=$(hpc_result_path "$kept")}"
   exit "$code"
 }
 
 hpc_main() {
-  hpc_take_upload_url
+  hpc_take_urls
+  hpc_extend_path
   hpc_read_inputs
+  hpc_lock_run
   hpc_prepare
-  hpc_progress "collecting $CLUSTER_TYPE node $INSTANCE_ID ($INSTANCE_GROUP) into $HPC_REPORT_NAME"
+  hpc_progress "collecting $CLUSTER_TYPE node $INSTANCE_ID ($(hpc_printable "$INSTANCE_GROUP")) into $HPC_REPORT_NAME"
   hpc_items_common
   "hpc_items_$CLUSTER_TYPE"
   hpc_run_user_commands
+  hpc_items_slow_common
+  "hpc_items_slow_$CLUSTER_TYPE"
   hpc_finish
 }
 

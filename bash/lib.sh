@@ -1,11 +1,11 @@
 # shellcheck shell=bash
 # lib.sh: helpers of the node-side collector. collectors/nodescript.py concatenates
-# lib.sh, common.sh, eks.sh or slurm.sh, the operator's commands and collect.sh into the
-# one collector_script.sh a node runs; none of these files is run alone.
+# lib.sh, common.sh, eks.sh or slurm.sh, redact.sh, the generated options block and
+# collect.sh into the one collector_script.sh a node runs; none of these files is run alone.
 #
 # Bash 4.2 (Amazon Linux 2) is the oldest shell this must run on: no negative array
-# subscripts, no `wait -n`, no namerefs, and never expand a possibly empty array under
-# `set -u`.
+# subscripts, no `wait -n`, no namerefs, no `mapfile -d`, and never expand a possibly
+# empty array under `set -u`.
 
 # Exit code for bad input or configuration (the others are in collect.sh).
 readonly HPC_EXIT_BAD_INPUT=2
@@ -14,6 +14,9 @@ readonly HPC_EXIT_BAD_INPUT=2
 readonly HPC_RC_DEADLINE=124     # the node-wide deadline had passed (timed_out=1)
 readonly HPC_RC_NO_SPACE=75      # the work root had less than HPC_MIN_FREE_MB free (EX_TEMPFAIL)
 readonly HPC_RC_INTERRUPTED=143  # the script had been sent TERM, INT or HUP
+readonly HPC_RC_BUNDLE_CAP=27    # the report had reached HPC_BUNDLE_CAP_MB (EFBIG)
+# manifest.tsv rc of an item whose output could not be redacted: the output was removed.
+readonly HPC_RC_UNREDACTED=70
 
 # Seconds between an item's TERM and its KILL: a wedged nvidia-smi may ignore TERM, and
 # the node budget is better spent on the next item than on a long grace.
@@ -22,18 +25,35 @@ readonly HPC_KILL_GRACE=3
 # Set by collect.sh once it is running; declared here so helpers work under `set -u`.
 HPC_ITEMS=0
 HPC_FAILED_ITEMS=0
+HPC_SKIPPED_ITEMS=0
+HPC_BUNDLE_BYTES=0
 HPC_ITEM_PID=""
 HPC_INTERRUPTED=""
 HPC_WAIT_INTERRUPTED=0
+# manifest.tsv and manifest_files.tsv rows, kept in memory and written when packaging: a
+# disk that fills up mid-run must not lose the record of what was collected.
+HPC_MANIFEST_ROWS=()
+HPC_FILE_ROWS=()
 
 # One progress line on stdout; the orchestrator shows these and keys on the last one.
 hpc_progress() {
   printf '[hpc] %s\n' "$*"
 }
 
-# Bad input or configuration: one line on stderr, exit 2, nothing collected.
+# Text from the environment (an instance group may hold anything) as one printable line:
+# control characters become '?', so no input can fake a progress or result line.
+hpc_printable() {
+  local LC_ALL=C
+  printf '%s\n' "${1//[[:cntrl:]]/?}"
+}
+
+# Bad input or configuration: one line on stderr, exit 2, nothing collected. collect.sh
+# may define hpc_on_bad_input to tell the orchestrator first.
 hpc_bad_input() {
   printf 'hpc-collect: %s\n' "$1" >&2
+  if declare -F hpc_on_bad_input >/dev/null; then
+    hpc_on_bad_input "$1" || true
+  fi
   exit "$HPC_EXIT_BAD_INPUT"
 }
 
@@ -83,22 +103,27 @@ hpc_free_mb() {
   fi
 }
 
-# An item's prerequisite: an absolute path that must exist, or a command on PATH.
+# An item's prerequisite: alternatives separated by '|', each an absolute path that must
+# exist or a command on PATH. Succeeds when any one is there.
 hpc_available() {
-  if [[ $1 == /* ]]; then
-    [[ -e $1 ]]
-  else
-    command -v -- "$1" >/dev/null 2>&1
-  fi
+  local alternative alternatives
+  IFS='|' read -r -a alternatives <<<"$1"
+  for alternative in "${alternatives[@]}"; do
+    if [[ $alternative == /* ]]; then
+      [[ -e $alternative ]] && return 0
+    elif command -v -- "$alternative" >/dev/null 2>&1; then
+      return 0
+    fi
+  done
+  return 1
 }
 
-# File-name part for an operator command: every byte outside [A-Za-z0-9._-] becomes
-# "_", cut to 50. The C locale makes ranges and multibyte text behave the same on
-# every node.
+# File-name part for any text: every byte outside [A-Za-z0-9._-] becomes "_", cut to
+# MAX (50). The C locale makes ranges and multibyte text behave the same on every node.
 hpc_safe_name() {
   local LC_ALL=C
   local safe=${1//[^A-Za-z0-9._-]/_}
-  printf '%s\n' "${safe:0:50}"
+  printf '%s\n' "${safe:0:${2:-50}}"
 }
 
 # `systemctl status` reports through its exit code (3: unit not running, 4: no such
@@ -111,6 +136,90 @@ hpc_unit_status() {
     *) return "$rc" ;;
   esac
 }
+
+# journalctl over the --since window (HPC_SINCE_JOURNAL is empty for "all"), with ISO
+# timestamps so that lines from several nodes can be merged into one timeline.
+hpc_journal() {
+  if [[ -n $HPC_SINCE_JOURNAL ]]; then
+    journalctl --no-pager -o short-iso --since "$HPC_SINCE_JOURNAL" "$@"
+  else
+    journalctl --no-pager -o short-iso "$@"
+  fi
+}
+
+# ---------------------------------------------------------------- caps, used inside items
+
+# Records that DST lost its first BYTES bytes to a cap; the item's manifest row sums these.
+hpc_note_cut() {
+  printf '%s\t%s\n' "$1" "$2" >>"$HPC_CUTS_FILE"
+}
+
+# Prints SRC, or only its last HPC_FILE_CAP_BYTES bytes, to stdout, which is the item's
+# own output file (HPC_ITEM_OUT): logs matter most at their end.
+hpc_cat_capped() {
+  local src=$1 size
+  size=$(stat -c %s -- "$src")
+  if ((size > HPC_FILE_CAP_BYTES)); then
+    tail -c "$HPC_FILE_CAP_BYTES" -- "$src"
+    hpc_note_cut "$HPC_ITEM_OUT" "$((size - HPC_FILE_CAP_BYTES))"
+  else
+    cat -- "$src"
+  fi
+}
+
+# Copies SRC to DST, or only its tail when it is over the cap. cat, not cp: a plain file
+# comes out whatever SRC's owner, mode or attributes.
+hpc_copy_capped() {
+  local src=$1 dst=$2 size
+  size=$(stat -c %s -- "$src")
+  if ((size > HPC_FILE_CAP_BYTES)); then
+    tail -c "$HPC_FILE_CAP_BYTES" -- "$src" >"$dst"
+    hpc_note_cut "$dst" "$((size - HPC_FILE_CAP_BYTES))"
+  else
+    cat -- "$src" >"$dst"
+  fi
+}
+
+# True when FILE was written inside the --since window (always, for "all").
+hpc_in_window() {
+  local mtime
+  ((HPC_SINCE_EPOCH == 0)) && return 0
+  mtime=$(stat -c %Y -- "$1" 2>/dev/null) || return 1
+  ((mtime >= HPC_SINCE_EPOCH))
+}
+
+# Copies the regular files under SRC into DST, keeping their relative paths: only those
+# written inside the --since window, each capped, none matching an EXCLUDE glob (secret
+# material such as munge.key). What was left out is listed on stdout (the item's log).
+hpc_copy_tree() {
+  local src=${1%/} dst=$2 file rel glob skip
+  shift 2
+  local old=() excluded=()
+  while IFS= read -r -d '' file; do
+    rel=${file#"$src"/}
+    skip=""
+    for glob in "$@"; do
+      # shellcheck disable=SC2053 # the glob is a pattern on purpose
+      [[ ${rel##*/} == $glob ]] && skip=1
+    done
+    if [[ -n $skip ]]; then
+      excluded+=("$rel")
+    elif ! hpc_in_window "$file"; then
+      old+=("$rel")
+    else
+      mkdir -p -- "$dst/$(dirname -- "$rel")"
+      hpc_copy_capped "$file" "$dst/$rel" || printf 'could not copy %s\n' "$rel"
+    fi
+  done < <(find "$src" -type f -print0 2>/dev/null)
+  if ((${#old[@]})); then
+    printf 'not copied, last written before the --since window (%s): %s\n' "$HPC_SINCE" "${old[*]}"
+  fi
+  if ((${#excluded[@]})); then
+    printf 'not copied, secret material: %s\n' "${excluded[*]}"
+  fi
+}
+
+# ---------------------------------------------------------------- the clock
 
 # Starts the node-wide budget of $1 seconds. Items stop early enough to leave an eighth
 # of it for packaging and upload.
@@ -136,14 +245,40 @@ hpc_item_limit() {
   fi
 }
 
+# ---------------------------------------------------------------- the manifest
+
+# A note is one line inside a TSV cell: tabs and control characters would break the table.
+hpc_tsv_cell() {
+  local LC_ALL=C
+  printf '%s\n' "${1//[[:cntrl:]]/ }"
+}
+
+# One manifest.tsv row: item rc seconds bytes timed_out cut_bytes redactions note.
 hpc_manifest_row() {
-  local name=$1 rc=$2 ms=$3 bytes=$4 timed_out=$5
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rc" "$(hpc_format_ms "$ms" 3)" "$bytes" "$timed_out" \
-    >>"$HPC_REPORT_DIR/manifest.tsv"
+  local name=$1 rc=$2 ms=$3 bytes=$4 timed_out=$5 cut=$6 redactions=$7 note=$8
+  HPC_MANIFEST_ROWS+=("$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' "$name" "$rc" "$(hpc_format_ms "$ms" 3)" \
+    "$bytes" "$timed_out" "$cut" "$redactions" "$(hpc_tsv_cell "$note")")")
   HPC_ITEMS=$((HPC_ITEMS + 1))
   if ((rc != 0)); then
     HPC_FAILED_ITEMS=$((HPC_FAILED_ITEMS + 1))
   fi
+}
+
+# Writes manifest.tsv and manifest_files.tsv into the report folder.
+hpc_write_manifest() {
+  local row
+  {
+    printf 'item\trc\tseconds\tbytes\ttimed_out\tcut_bytes\tredactions\tnote\n'
+    for row in ${HPC_MANIFEST_ROWS[@]+"${HPC_MANIFEST_ROWS[@]}"}; do
+      printf '%s\n' "$row"
+    done
+  } >"$HPC_REPORT_DIR/manifest.tsv"
+  {
+    printf 'file\titem\tbytes\tcut_bytes\tredactions\n'
+    for row in ${HPC_FILE_ROWS[@]+"${HPC_FILE_ROWS[@]}"}; do
+      printf '%s\n' "$row"
+    done
+  } >"$HPC_REPORT_DIR/manifest_files.tsv"
 }
 
 # An item that could not start still gets a manifest row and a file saying why, so the
@@ -153,9 +288,20 @@ hpc_record_not_run() {
   local note=$HPC_REPORT_DIR/${output%/}
   [[ $output != */ ]] || note=$note.log
   printf '[hpc] %s not run: %s\n' "$name" "$why" >"$note" 2>/dev/null || true
-  hpc_manifest_row "$name" "$rc" 0 "$(hpc_size_bytes "$note")" "$timed_out"
+  hpc_manifest_row "$name" "$rc" 0 "$(hpc_size_bytes "$note")" "$timed_out" 0 0 "not run: $why"
   hpc_progress "$name not run: $why"
 }
+
+# An item whose prerequisite is absent, or that is off by configuration: a manifest row
+# (rc 0, not a failure) that says so, and no file.
+hpc_record_skipped() {
+  local name=$1 why=$2
+  hpc_manifest_row "$name" 0 0 0 0 0 0 "skipped: $why"
+  HPC_SKIPPED_ITEMS=$((HPC_SKIPPED_ITEMS + 1))
+  hpc_progress "$name skipped: $why"
+}
+
+# ---------------------------------------------------------------- running one item
 
 # Items run as separate bash processes (that is what `timeout` can kill), so the item
 # functions and the helpers they call must travel through the environment. Only built-in
@@ -167,7 +313,8 @@ hpc_export_functions() {
       item_* | hpc_*) export -f "${fn?}" ;;
     esac
   done < <(declare -F)
-  export INSTANCE_GROUP INSTANCE_ID CLUSTER_TYPE
+  export INSTANCE_GROUP INSTANCE_ID CLUSTER_TYPE HPC_SINCE HPC_SINCE_EPOCH HPC_SINCE_JOURNAL \
+    HPC_FILE_CAP_BYTES HPC_CUTS_FILE HPC_POD_NAMESPACES HPC_EKS_COLLECTOR_SHA256 HPC_KILL_GRACE
 }
 
 # `wait` returns early when a trapped signal arrives (the trap then stops the item);
@@ -205,6 +352,8 @@ hpc_blocker() {
     printf 'interrupted by SIG%s\n' "$HPC_INTERRUPTED"
   elif ((limit < 1)); then
     printf 'node deadline of %ss reached\n' "$HPC_DEADLINE_SECONDS"
+  elif ((HPC_BUNDLE_BYTES >= HPC_BUNDLE_CAP_BYTES)); then
+    printf 'bundle cap of %s MB reached\n' "$HPC_BUNDLE_CAP_MB"
   else
     free_mb=$(hpc_free_mb "$HPC_WORK_DIR")
     if [[ -n $free_mb ]] && ((free_mb < HPC_MIN_FREE_MB)); then
@@ -216,17 +365,22 @@ hpc_blocker() {
 # Starts one item in the background under `timeout`, its stdout and stderr into $log.
 # kind "function": TARGET is a bash function (item_*), given $dir when it fills a folder.
 # kind "command": TARGET is operator text, run as `bash -c TARGET`, never re-parsed here.
+# The lock on this run (collect.sh) is not handed down: an item's stray child must not
+# hold it after the script ends. SECRET, when set, is the item's stdin (a curl config
+# line), so a URL reaches the item without being in any environment or argument list.
 hpc_launch() {
-  local name=$1 kind=$2 target=$3 limit=$4 log=$5 dir=$6
+  local name=$1 kind=$2 target=$3 limit=$4 log=$5 dir=$6 secret=$7
   if [[ $kind == function ]]; then
     (
       hpc_export_functions
+      export HPC_ITEM_OUT=$log HPC_ITEM_TMP HPC_THIS_ITEM_LIMIT=$limit
       exec timeout --kill-after="$HPC_KILL_GRACE" "$limit" \
         "$BASH" -c 'set -Eeuo pipefail; "$@"' "$name" "$target" ${dir:+"$dir"}
-    ) >"$log" 2>&1 </dev/null &
+    ) >"$log" 2>&1 < <(if [[ -n $secret ]]; then printf 'url = "%s"\n' "$secret"; fi) \
+      {HPC_LOCK_FD}>&- &
   else
     (exec timeout --kill-after="$HPC_KILL_GRACE" "$limit" "$BASH" -c "$target" "$name") \
-      >"$log" 2>&1 </dev/null &
+      >"$log" 2>&1 </dev/null {HPC_LOCK_FD}>&- &
   fi
 }
 
@@ -235,14 +389,15 @@ hpc_launch() {
 # OUTPUT is relative to the report folder; ending in "/" it is a folder the item fills,
 # and the item's own messages go to OUTPUT.log (kept only when not empty).
 hpc_run_item() {
-  local name=$1 output=$2 kind=$3 target=$4
-  local limit why path log dir="" start_ms ms rc=0 timed_out=0 bytes flag=""
-  limit=$(hpc_item_limit "$HPC_ITEM_TIMEOUT")
+  local name=$1 output=$2 kind=$3 target=$4 own_limit=${5:-$HPC_ITEM_TIMEOUT} secret=${6:-}
+  local limit why path log dir="" start_ms ms rc=0 timed_out=0
+  limit=$(hpc_item_limit "$own_limit")
   why=$(hpc_blocker "$limit")
   if [[ -n $why ]]; then
     case $why in
       interrupted*) hpc_record_not_run "$name" "$output" "$HPC_RC_INTERRUPTED" 0 "$why" ;;
       node\ deadline*) hpc_record_not_run "$name" "$output" "$HPC_RC_DEADLINE" 1 "$why" ;;
+      bundle\ cap*) hpc_record_not_run "$name" "$output" "$HPC_RC_BUNDLE_CAP" 0 "$why" ;;
       *) hpc_record_not_run "$name" "$output" "$HPC_RC_NO_SPACE" 0 "$why" ;;
     esac
     return 0
@@ -254,35 +409,220 @@ hpc_run_item() {
     log=$path.log
     mkdir -p -- "$dir"
   fi
+  HPC_ITEM_TMP=$HPC_WORK_DIR/tmp/$name
+  mkdir -p -- "$HPC_ITEM_TMP" 2>/dev/null || true
+  : >"$HPC_CUTS_FILE" 2>/dev/null || true
   start_ms=$(hpc_now_ms)
-  hpc_launch "$name" "$kind" "$target" "$limit" "$log" "$dir"
+  hpc_launch "$name" "$kind" "$target" "$limit" "$log" "$dir" "$secret"
   hpc_wait_item "$!" || rc=$?
   ms=$(($(hpc_now_ms) - start_ms))
+  rm -rf -- "$HPC_ITEM_TMP" 2>/dev/null || true
   # 124/137 alone could be the item's own exit code; only `timeout` ends it this late.
   if [[ $rc == 124 || $rc == 137 ]] && ((ms >= limit * 1000)); then
     timed_out=1
-    flag=" TIMED OUT"
-    printf '\n[hpc] %s cut after %ss (item time limit)\n' "$name" "$limit" >>"$log" || true
+    printf '\n[hpc] %s cut after %ss (item time limit)\n' "$name" "$limit" >>"$log" 2>/dev/null || true
   fi
   if [[ -n $dir && ! -s $log ]]; then
     rm -f -- "$log"
   fi
-  bytes=$(hpc_size_bytes "$path")
-  hpc_manifest_row "$name" "$rc" "$ms" "$bytes" "$timed_out"
-  hpc_progress "$name rc=$rc $(hpc_format_ms "$ms" 1)s $(hpc_format_bytes "$bytes")$flag"
+  hpc_settle_item "$name" "$path" "$dir" "$rc" "$ms" "$timed_out"
 }
 
-# Declares one built-in item: `hpc_item NAME OUTPUT [needs=COMMAND|/PATH]`.
-# Its body is the function item_NAME; an item whose prerequisite is absent on this node
-# is skipped (a progress line, no manifest row): absence is not a failure.
+# Declares one built-in item: `hpc_item NAME OUTPUT [needs=A|B] [when=VAR] [limit=VAR]
+# [secret=VAR]`. Its body is the function item_NAME.
+#   needs   what must be on the node (see hpc_available); absent: a "skipped" row
+#   when    the item runs only when $VAR is 1 (a node option); else a "skipped" row
+#   limit   the item's own time limit is $VAR seconds instead of HPC_ITEM_TIMEOUT
+#   secret  the item's stdin is a curl config line for the URL in $VAR; empty: not run
 hpc_item() {
-  local name=$1 output=$2 needs=""
-  if [[ $# -ge 3 ]]; then
-    needs=${3#needs=}
-  fi
-  if [[ -n $needs ]] && ! hpc_available "$needs"; then
-    hpc_progress "$name skipped: $needs not present"
+  local name=$1 output=$2 option needs="" when="" limit_var="" secret_var="" secret=""
+  shift 2
+  for option in "$@"; do
+    case $option in
+      needs=*) needs=${option#needs=} ;;
+      when=*) when=${option#when=} ;;
+      limit=*) limit_var=${option#limit=} ;;
+      secret=*) secret_var=${option#secret=} ;;
+    esac
+  done
+  if [[ -n $when && ${!when:-0} != 1 ]]; then
+    hpc_record_skipped "$name" "off by configuration ($when=${!when:-0})"
     return 0
   fi
-  hpc_run_item "$name" "$output" function "item_$name"
+  if [[ -n $needs ]] && ! hpc_available "$needs"; then
+    hpc_record_skipped "$name" "not present: $needs"
+    return 0
+  fi
+  if [[ -n $secret_var ]]; then
+    secret=${!secret_var:-}
+    if [[ -z $secret ]]; then
+      hpc_record_not_run "$name" "$output" 1 0 "no download URL was given to this node"
+      return 0
+    fi
+  fi
+  hpc_run_item "$name" "$output" function "item_$name" "${limit_var:+${!limit_var}}" "$secret"
+}
+
+# ---------------------------------------------------------------- after an item
+
+# The regular files an item wrote, NUL-separated: its output file, or its folder's files
+# and the folder's .log.
+hpc_item_files() {
+  local path=$1 dir=$2
+  if [[ -n $dir ]]; then
+    find "$dir" -type f -print0 2>/dev/null || true
+    if [[ -f $path.log ]]; then
+      printf '%s\0' "$path.log"
+    fi
+  elif [[ -f $path ]]; then
+    printf '%s\0' "$path"
+  fi
+}
+
+# Keeps the last KEEP bytes of FILE (none: the file goes); the cut is recorded. The tail
+# is moved to the front in place (dd reads ahead of where it writes), then the file is
+# truncated: this needs no free space, which matters when an item has filled the disk.
+hpc_cut_file() {
+  local file=$1 keep=$2 size
+  size=$(stat -c %s -- "$file" 2>/dev/null) || return 0
+  ((size > keep)) || return 0
+  if ((keep == 0)); then
+    rm -f -- "$file"
+  elif ! dd if="$file" of="$file" bs=1M iflag=skip_bytes skip="$((size - keep))" conv=notrunc status=none ||
+    ! truncate -s "$keep" -- "$file"; then
+    printf '[hpc] could not cut %s to its last %s bytes\n' "$file" "$keep" >&2
+    return 0
+  fi
+  hpc_note_cut "$file" "$((size - keep))"
+}
+
+# The report must stay under HPC_BUNDLE_CAP_BYTES: cut this item's largest files (tails
+# kept, as for the per-file cap) until it fits.
+hpc_fit_bundle() {
+  local over=$1 size file
+  shift
+  while IFS=$'\t' read -r -d '' size file; do
+    ((over > 0)) || break
+    if ((size <= over)); then
+      hpc_cut_file "$file" 0
+      over=$((over - size))
+    else
+      hpc_cut_file "$file" "$((size - over))"
+      over=0
+    fi
+  done < <(for file in "$@"; do
+    [[ -f $file ]] && printf '%s\t%s\0' "$(stat -c %s -- "$file")" "$file"
+  done | sort -z -rn)
+}
+
+# Redacts FILES in a child under a time limit (redact.sh). Sets HPC_REDACTED[file] to
+# each redacted file's count; a file the child did not finish is removed, never shipped.
+# Most files hold nothing to redact: one grep finds the few that do (and .gz files are
+# always looked into), and only those go to the child.
+hpc_redact_item() {
+  local list=$HPC_WORK_DIR/redact.list done=$HPC_WORK_DIR/redact.done limit file count
+  local -A finished=() suspect=()
+  local plain=()
+  for file in "$@"; do
+    if [[ $file == *.gz ]]; then
+      suspect[$file]=1
+    else
+      plain+=("$file")
+    fi
+  done
+  if ((${#plain[@]})); then
+    while IFS= read -r -d '' file; do
+      suspect[$file]=1
+    done < <(LC_ALL=C grep -alsiZE -f "$HPC_WORK_DIR/redact.any" -- "${plain[@]}" || true)
+  fi
+  : >"$list" 2>/dev/null || true
+  for file in "$@"; do
+    if [[ -n ${suspect[$file]:-} ]]; then
+      printf '%s\0' "$file" >>"$list" 2>/dev/null || true
+    else
+      finished[$file]=1
+    fi
+  done
+  if [[ -s $list ]]; then
+    : >"$done" 2>/dev/null || true
+    limit=$(hpc_item_limit "$HPC_ITEM_TIMEOUT")
+    ((limit >= 30)) || limit=30
+    (
+      export -f hpc_redact_files hpc_redact_file hpc_redact_stream
+      exec timeout --kill-after="$HPC_KILL_GRACE" "$limit" "$BASH" -c 'hpc_redact_files "$@"' redact \
+        "$HPC_WORK_DIR" "$list" "$done"
+    ) </dev/null >/dev/null 2>&1 {HPC_LOCK_FD}>&- || true
+    while IFS=$'\t' read -r -d '' count file; do
+      finished[$file]=1
+      HPC_REDACTED[$file]=$count
+    done <"$done"
+  fi
+  for file in "$@"; do
+    if [[ -z ${finished[$file]:-} && -e $file ]]; then
+      rm -f -- "$file"
+      HPC_UNREDACTED+=("${file#"$HPC_REPORT_DIR"/}")
+    fi
+  done
+}
+
+# After an item has ended: cap its files, redact them, keep the bundle under its cap,
+# then record each file (manifest_files.tsv) and the item (manifest.tsv).
+hpc_settle_item() {
+  local name=$1 path=$2 dir=$3 rc=$4 ms=$5 timed_out=$6
+  local file size bytes=0 cut=0 redactions=0 note="" files=() rel
+  local -A cuts=()
+  HPC_UNREDACTED=()
+  declare -gA HPC_REDACTED=()
+  while IFS= read -r -d '' file; do
+    files+=("$file")
+  done < <(hpc_item_files "$path" "$dir")
+  for file in ${files[@]+"${files[@]}"}; do
+    hpc_cut_file "$file" "$HPC_FILE_CAP_BYTES"
+  done
+  if ((${#files[@]})); then
+    hpc_redact_item "${files[@]}"
+    for file in "${files[@]}"; do
+      [[ -f $file ]] && bytes=$((bytes + $(stat -c %s -- "$file")))
+    done
+    if ((HPC_BUNDLE_BYTES + bytes > HPC_BUNDLE_CAP_BYTES)); then
+      hpc_fit_bundle "$((HPC_BUNDLE_BYTES + bytes - HPC_BUNDLE_CAP_BYTES))" "${files[@]}"
+      note="cut to fit the bundle cap of $HPC_BUNDLE_CAP_MB MB"
+    fi
+  fi
+  while IFS=$'\t' read -r file size; do
+    [[ -n $file ]] && cuts[$file]=$((${cuts[$file]:-0} + size))
+  done <"$HPC_CUTS_FILE"
+  bytes=0
+  for file in ${files[@]+"${files[@]}"}; do
+    size=0
+    [[ -f $file ]] && size=$(stat -c %s -- "$file")
+    bytes=$((bytes + size))
+    cut=$((cut + ${cuts[$file]:-0}))
+    redactions=$((redactions + ${HPC_REDACTED[$file]:-0}))
+    [[ -f $file ]] || continue
+    rel=${file#"$HPC_REPORT_DIR"/}
+    HPC_FILE_ROWS+=("$(printf '%s\t%s\t%s\t%s\t%s' "$(hpc_tsv_cell "$rel")" "$name" "$size" \
+      "${cuts[$file]:-0}" "${HPC_REDACTED[$file]:-0}")")
+  done
+  HPC_BUNDLE_BYTES=$((HPC_BUNDLE_BYTES + bytes))
+  if ((${#HPC_UNREDACTED[@]})); then
+    note="removed, redaction did not finish: ${HPC_UNREDACTED[*]}"
+    ((rc != 0)) || rc=$HPC_RC_UNREDACTED
+  fi
+  hpc_manifest_row "$name" "$rc" "$ms" "$bytes" "$timed_out" "$cut" "$redactions" "$note"
+  hpc_progress "$name rc=$rc $(hpc_format_ms "$ms" 1)s $(hpc_format_bytes "$bytes")$(
+    ((timed_out)) && printf ' TIMED OUT'
+    ((cut)) && printf ' cut %s' "$(hpc_format_bytes "$cut")"
+    ((redactions)) && printf ' redacted %s' "$redactions"
+    true)"
+}
+
+# ---------------------------------------------------------------- node options
+
+# The generated block of collector_script.sh sets each node option this way: the value
+# chosen at render time, unless the environment already holds one.
+hpc_default() {
+  if [[ -z ${!1:-} ]]; then
+    printf -v "$1" '%s' "$2"
+  fi
 }
