@@ -32,8 +32,25 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "session_rate": (2.5, "StartSession calls per second at most (AWS allows about 3 per account)"),
     "session_attempts": (3, "sessions tried per node when a launch fails or drops (throttling aside)"),
     "poll_interval": (5, "seconds between S3 checks for finished nodes (detached mode)"),
+    # Node-side options: the same for every node of a run, baked into the node script at render time.
+    "since": ("3d", "journal and log window on nodes: 30m, 12h, 3d, 2w, an ISO date/time, or all"),
+    "file_cap_mb": (50, "per-file cap on nodes in MB (longer files keep their last bytes)"),
+    "bundle_cap_mb": (2048, "cap on one node's report in MB, before compression"),
+    "nvidia_bug_report": (True, "run nvidia-bug-report.sh on nodes (slow; --safe-mode after a timeout)"),
+    "upload_mode": ("presigned", "how nodes upload: presigned (curl PUT, no S3 rights on nodes) or awscli (aws s3 cp)"),
+    "redact_patterns": ((), "extra redaction patterns (extended regex) applied on nodes; one per line in env"),
+    "eks_log_collector_url": (None, "URL of the AWS EKS log collector; fetched here, run on EKS nodes"),
+    "eks_log_collector_sha256": (None, "the sha256 the EKS log collector must have (required with its URL)"),
 }
-CHOICES = {"session_mode": ("detached", "attached"), "session_client": ("direct", "cli")}
+CHOICES = {"session_mode": ("detached", "attached"), "session_client": ("direct", "cli"),
+           "upload_mode": ("presigned", "awscli")}
+# String settings with a fixed shape: (regex, what it must be).
+FORMATS = {
+    "since": (re.compile(r"^(?:all|\d{1,6}[smhdw]|\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?"
+                         r"(?:Z|[+-]\d{2}:?\d{2})?)?)$"),
+              "a duration (30m, 12h, 3d, 2w), an ISO date/time or all"),
+    "eks_log_collector_sha256": (re.compile(r"^[0-9a-f]{64}$"), "64 lowercase hex digits"),
+}
 TIMEOUTS_SCHEMA: dict[str, tuple[int, str]] = {
     "run": (7200, "seconds the whole run stage may take; throttled nodes are retried until then"),
     "session_prompt": (60, "seconds to wait for a session to start and answer"),
@@ -120,6 +137,14 @@ class Settings:
     session_rate: float = 2.5
     session_attempts: int = 3
     poll_interval: int = 5
+    since: str = "3d"
+    file_cap_mb: int = 50
+    bundle_cap_mb: int = 2048
+    nvidia_bug_report: bool = True
+    upload_mode: str = "presigned"
+    redact_patterns: tuple[str, ...] = ()
+    eks_log_collector_url: str | None = None
+    eks_log_collector_sha256: str | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     @classmethod
@@ -166,8 +191,10 @@ def _typed(key: str, value: Any, default: Any) -> Any:
     where = f"{CONFIG_KEY}.{key}"
     if default is None:
         if value is None or isinstance(value, str):
-            return value or None
+            return _formatted(key, where, value) or None
         raise UsageError(f"config {where} must be a string, got {value!r}")
+    if isinstance(default, tuple):
+        return _as_str_tuple(where, value)
     if isinstance(default, bool):
         return _as_bool(where, value)
     if isinstance(default, int):
@@ -179,7 +206,23 @@ def _typed(key: str, value: Any, default: Any) -> Any:
     allowed = CHOICES.get(key.rsplit(".", 1)[-1])
     if allowed and value not in allowed:
         raise UsageError(f"config {where} must be one of {', '.join(allowed)}, got {value!r}")
+    return _formatted(key, where, value)
+
+
+def _formatted(key: str, where: str, value: Any) -> Any:
+    shape = FORMATS.get(key)
+    if shape and value and not shape[0].match(str(value)):
+        raise UsageError(f"config {where} must be {shape[1]}, got {value!r}")
     return value
+
+
+def _as_str_tuple(where: str, value: Any) -> tuple[str, ...]:
+    """A list in invoke.yaml or a flag; one item per line in an environment variable."""
+    if isinstance(value, str):
+        value = value.splitlines()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise UsageError(f"config {where} must be a list of strings, got {value!r}")
+    return tuple(item for item in value if item)
 
 
 def _as_bool(where: str, value: Any) -> bool:
