@@ -39,7 +39,16 @@ COMMON_HELP = {
     "session_rate": "StartSession calls per second at most (default 2.5; AWS allows about 3)",
     "quiet": "no line per node, only the end result",
     "json": "print JSON on stdout (logs stay on stderr)",
+    "since": "journal and log window on nodes: 30m, 12h, 3d, 2w, an ISO date/time, or all (default 3d)",
+    "file_cap_mb": "per-file cap on nodes in MB; longer files keep their last bytes (default 50)",
+    "bundle_cap_mb": "cap on one node's report in MB, before compression (default 2048)",
+    "nvidia_bug_report": "run nvidia-bug-report.sh on nodes (the default; slow)",
+    "skip_nvidia_bug_report": "do not run nvidia-bug-report.sh on nodes",
+    "upload_mode": "presigned (default: curl PUT, nodes need no S3 rights) or awscli (aws s3 cp with the node's role)",
+    "redact_pattern": "extra redaction pattern (extended regex) applied on nodes before upload (repeatable)",
 }
+NODE_FLAGS = ("since", "file_cap_mb", "bundle_cap_mb", "nvidia_bug_report", "skip_nvidia_bug_report", "upload_mode",
+              "redact_pattern")
 
 
 def _help(*names: str, **extra: str) -> dict[str, str]:
@@ -95,19 +104,32 @@ def _stage(ctx, name: str, *, cluster=None, s3_path=None, region=None, profile=N
     return pipeline.run_stage(name, settings, _options(**options))
 
 
+def _node_flags(since=None, file_cap_mb=None, bundle_cap_mb=None, nvidia_bug_report=False,
+                skip_nvidia_bug_report=False, upload_mode=None, redact_pattern=None) -> dict[str, Any]:
+    """Node-side settings from flags (None: not given, the configuration decides)."""
+    if nvidia_bug_report and skip_nvidia_bug_report:
+        raise UsageError("--nvidia-bug-report and --skip-nvidia-bug-report cannot be used together")
+    bug_report = True if nvidia_bug_report else False if skip_nvidia_bug_report else None
+    return {"since": since, "file_cap_mb": file_cap_mb, "bundle_cap_mb": bundle_cap_mb,
+            "nvidia_bug_report": bug_report, "upload_mode": upload_mode, "redact_patterns": redact_pattern or None}
+
+
 # -- the job ---------------------------------------------------------------------------------
 
-@task(iterable=["instance_groups", "nodes", "command"],
+@task(iterable=["instance_groups", "nodes", "command", "redact_pattern"],
       help=_help("cluster", "s3_path", "region", "profile", "instance_groups", "nodes", "command", "max_workers",
-                 "session_mode", "session_client", "session_rate", "quiet",
+                 "session_mode", "session_client", "session_rate", "quiet", *NODE_FLAGS,
                  download="download the node tarballs when collection ends (default: yes)"))
 @reports_errors
 def collect(ctx, cluster=None, s3_path=None, region=None, profile=None, instance_groups=None, nodes=None,
             command=None, max_workers=None, session_mode=None, session_client=None, session_rate=None, quiet=False,
-            download=True):
+            download=True, since=None, file_cap_mb=None, bundle_cap_mb=None, nvidia_bug_report=False,
+            skip_nvidia_bug_report=False, upload_mode=None, redact_pattern=None):
     """Collect diagnostics from every node: discover, render, upload, kubectl, run, summarize, download."""
     settings = _settings(ctx, cluster=cluster, s3_path=s3_path, region=region, profile=profile,
-                         max_workers=max_workers, **_session_flags(session_mode, session_client, session_rate))
+                         max_workers=max_workers, **_session_flags(session_mode, session_client, session_rate),
+                         **_node_flags(since, file_cap_mb, bundle_cap_mb, nvidia_bug_report, skip_nvidia_bug_report,
+                                       upload_mode, redact_pattern))
     return pipeline.collect(settings, _options(instance_groups=instance_groups, nodes=nodes, commands=command,
                                                download=download, quiet=quiet))
 
@@ -123,11 +145,16 @@ def discover(ctx, cluster=None, region=None, profile=None, run_id=None, instance
                   run_id=run_id, instance_groups=instance_groups, nodes=nodes, json=json)
 
 
-@task(iterable=["command"], help=_help("cluster", "run_id", "command"))
+@task(iterable=["command", "redact_pattern"], help=_help("cluster", "s3_path", "run_id", "command", *NODE_FLAGS))
 @reports_errors
-def render(ctx, cluster=None, run_id=None, command=None):
-    """Compose the node script (bash/) into the run's collector_script.sh."""
-    return _stage(ctx, "render", cluster=cluster, run_id=run_id, commands=command or None)
+def render(ctx, cluster=None, s3_path=None, run_id=None, command=None, since=None, file_cap_mb=None,
+           bundle_cap_mb=None, nvidia_bug_report=False, skip_nvidia_bug_report=False, upload_mode=None,
+           redact_pattern=None):
+    """Compose the node script (bash/) into the run's collector_script.sh, with the run's node options."""
+    node_flags = _node_flags(since, file_cap_mb, bundle_cap_mb, nvidia_bug_report, skip_nvidia_bug_report,
+                             upload_mode, redact_pattern)
+    return _stage(ctx, "render", cluster=cluster, s3_path=s3_path, run_id=run_id, commands=command or None,
+                  session=node_flags)
 
 
 @task(help=_help("cluster", "s3_path", "region", "profile", "run_id"))
