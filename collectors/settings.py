@@ -41,6 +41,9 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "redact_patterns": ((), "extra redaction patterns (extended regex) applied on nodes; one per line in env"),
     "eks_log_collector_url": (None, "URL of the AWS EKS log collector; fetched here, run on EKS nodes"),
     "eks_log_collector_sha256": (None, "the sha256 the EKS log collector must have (required with its URL)"),
+    # The kubectl stage (EKS clusters).
+    "kube_context": (None, "kubeconfig context for the kubectl stage (default: the one whose cluster is the EKS cluster)"),
+    "kubectl_workers": (8, "most kubectl commands running at once"),
 }
 CHOICES = {"session_mode": ("detached", "attached"), "session_client": ("direct", "cli"),
            "upload_mode": ("presigned", "awscli")}
@@ -145,6 +148,8 @@ class Settings:
     redact_patterns: tuple[str, ...] = ()
     eks_log_collector_url: str | None = None
     eks_log_collector_sha256: str | None = None
+    kube_context: str | None = None
+    kubectl_workers: int = 8
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     @classmethod
