@@ -241,6 +241,14 @@ def merged_no_proxy(current: str) -> str:
     return ",".join(entries + [host for host in ("127.0.0.1", "localhost") if host not in entries])
 
 
+def kubectl_env(kubernetes: dict | None) -> dict[str, str]:
+    """EKS sandboxes: kubectl uses the sandbox's kubeconfig (loopback, no credentials) and its own discovery
+    cache, so a cache left by an earlier sandbox on the same port is never reused."""
+    if not kubernetes:
+        return {}
+    return {"KUBECONFIG": kubernetes["kubeconfig"], "KUBECACHEDIR": kubernetes["cache_dir"]}
+
+
 class Sandbox:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -287,6 +295,10 @@ class Sandbox:
         self.started += start_nodes(self.root, cluster).values()
         status = self.initial_status(spec, cluster, endpoint)
         status.update(start_node_services(self.root, status))  # Slurm and sshd, once the nodes are up
+        if status["type"] == "eks":
+            from collectors.sandbox.kube import start_kube  # when used: the plugin imports this module per session
+
+            status["kubernetes"] = start_kube(self.root, status)  # the API server real kubectl talks to
         self.status_file.write_text(json.dumps(status, indent=2) + "\n")
         return status
 
@@ -332,7 +344,9 @@ class Sandbox:
         if not (self.root / MARKER_FILE).exists():
             raise SandboxError(f"{self.root} is not a sandbox folder; not touching it")
         # The nodes' daemons first: they are stopped by host PID while their nodes still run.
-        survivors = stop_node_services(self.root) + stop_nodes(self.root) + self.stop_server()
+        from collectors.sandbox.kube import stop_kube  # when used, as in start()
+
+        survivors = stop_node_services(self.root) + stop_nodes(self.root) + self.stop_server() + stop_kube(self.root)
         if survivors:
             raise SandboxError(f"sandbox processes {survivors} did not stop; {self.root} is kept")
         shutil.rmtree(self.root)
@@ -417,6 +431,7 @@ class Sandbox:
             "INVOKE_HYPERPOD_CLUSTER": status["cluster"],
             "INVOKE_HYPERPOD_S3_PATH": status["s3_path"],
             "INVOKE_HYPERPOD_REGION": status["region"],
+            **kubectl_env(status.get("kubernetes")),
         }
 
     # -- changing and using nodes -----------------------------------------------------------
