@@ -582,6 +582,8 @@ def build_cluster(cluster: dict, clock: Clock) -> Store:
     for manifest in load_manifests():
         builder.add_manifest(manifest)
     add_node_events(store, clock, nodes.values())
+    for quota in store.objects[BY_KIND["ResourceQuota"]]:
+        fill_quota_usage(quota, store)
     store.finish()
     return store
 
@@ -770,6 +772,40 @@ class WorkloadBuilder:
                               {"type": "Running", "status": "True", "reason": "PyTorchJobRunning",
                                "message": f"PyTorchJob {item['metadata']['namespace']}/{name} is running.",
                                "lastTransitionTime": self.clock.pods_started}]}
+
+
+def quantity_milli(text: str) -> int:
+    """A Kubernetes quantity in thousandths (enough for CPU, memory and device counts here)."""
+    suffixes = {"m": 1, "Ki": 1024 * 1000, "Mi": 1024 ** 2 * 1000, "Gi": 1024 ** 3 * 1000, "Ti": 1024 ** 4 * 1000}
+    for suffix, factor in suffixes.items():
+        if text.endswith(suffix):
+            return int(text[: -len(suffix)]) * factor
+    return int(text) * 1000
+
+
+def format_usage(key: str, milli: int) -> str:
+    if key.endswith("memory"):
+        return f"{milli // 1000 // 1024 ** 3}Gi"
+    return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
+
+
+def fill_quota_usage(quota: dict, store: Store) -> None:
+    """What the quota controller would report: the requests of the namespace's running pods, and its claims."""
+    namespace = quota["metadata"]["namespace"]
+    pods = [p for p in store.objects[BY_KIND["Pod"]]
+            if p["metadata"]["namespace"] == namespace and p["status"]["phase"] == "Running"]
+    used = {}
+    for key in quota["spec"]["hard"]:
+        if key == "persistentvolumeclaims":
+            claims = [c for c in store.objects[BY_KIND["PersistentVolumeClaim"]] if c["metadata"]["namespace"] == namespace]
+            used[key] = str(len(claims))
+            continue
+        resource = key.removeprefix("requests.").removeprefix("limits.")
+        section = "limits" if key.startswith("limits.") else "requests"
+        total = sum(quantity_milli(((c.get("resources") or {}).get(section) or {}).get(resource, "0"))
+                    for pod in pods for c in pod["spec"]["containers"])
+        used[key] = format_usage(key, total)
+    quota["status"] = {"hard": dict(quota["spec"]["hard"]), "used": used}
 
 
 def worker_template(template: dict, node_object: dict) -> dict:
@@ -1060,9 +1096,10 @@ def job_row(item: dict) -> list:
 
 
 def quota_row(item: dict) -> list:
-    hard = item["spec"]["hard"]
-    requests = ", ".join(f"{key}: 0/{value}" for key, value in sorted(hard.items()) if not key.startswith("limits."))
-    limits = ", ".join(f"{key}: 0/{value}" for key, value in sorted(hard.items()) if key.startswith("limits."))
+    hard, used = item["status"]["hard"], item["status"]["used"]
+    usage = [(key, f"{key}: {used[key]}/{value}") for key, value in sorted(hard.items())]
+    requests = ", ".join(text for key, text in usage if not key.startswith("limits."))
+    limits = ", ".join(text for key, text in usage if key.startswith("limits."))
     return [item["metadata"]["name"], age(item["metadata"]["creationTimestamp"]), requests, limits]
 
 
