@@ -228,8 +228,8 @@ hpc_read_work_roots() {
 hpc_make_work_dir() {
   local root free best="" best_free=-1
   for root in "${HPC_WORK_ROOTS[@]}"; do
-    free=$(hpc_free_mb "$root")
-    free=${free:-999999999}
+    hpc_free_mb "$root"
+    free=${HPC_FREE_MB:-999999999}
     if ((free >= HPC_MIN_FREE_MB)) && hpc_try_work_dir "$root"; then
       return 0
     fi
@@ -457,10 +457,9 @@ hpc_scrub_urls() {
 }
 
 hpc_upload_budget() {
-  local max_s
   # Past the deadline the upload still gets a minute: gathered data is always delivered.
-  max_s=$(hpc_seconds_left)
-  printf '%s\n' "$((max_s < 60 ? 60 : max_s))"
+  hpc_seconds_left
+  printf '%s\n' "$((HPC_SECONDS_LEFT < 60 ? 60 : HPC_SECONDS_LEFT))"
 }
 
 # The URL goes to curl on stdin (a config line), so it is in no process's arguments.

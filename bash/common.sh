@@ -301,6 +301,7 @@ item_nvidia_bug_report() {
   local dir=$1 first rest rc=0
   first=$((HPC_THIS_ITEM_LIMIT * 2 / 3))
   rest=$((HPC_THIS_ITEM_LIMIT - first - 1))
+  mkdir -p -- "$HPC_ITEM_TMP"
   cd "$HPC_ITEM_TMP" || return 1
   timeout --kill-after="$HPC_KILL_GRACE" "$first" \
     nvidia-bug-report.sh --output-file "$dir/nvidia-bug-report.log" </dev/null || rc=$?

@@ -93,6 +93,7 @@ item_eks_log_collector() {
   local dir=$1 script=$HPC_ITEM_TMP/eks-log-collector.sh sum rc=0 bundle="" file
   local before=()
   shopt -s nullglob
+  mkdir -p -- "$HPC_ITEM_TMP"
   if [[ -z ${HPC_EKS_COLLECTOR_SHA256:-} ]]; then
     printf 'no sha256 configured for the EKS log collector: not run\n'
     return 1

@@ -57,29 +57,39 @@ hpc_bad_input() {
   exit "$HPC_EXIT_BAD_INPUT"
 }
 
-hpc_now_ms() {
-  date +%s%3N
-}
+# The helpers below that compute a value set a variable instead of printing it: `$(...)`
+# forks the whole shell, and the collector runs them several times per item.
 
-# 1234 ms -> "1.2" (progress) or "1.234" (manifest).
-hpc_format_ms() {
-  local ms=$1 decimals=$2
-  if [[ $decimals == 3 ]]; then
-    printf '%d.%03d' "$((ms / 1000))" "$((ms % 1000))"
+# Sets HPC_NOW_MS: milliseconds since the epoch (bash 5's clock; date on bash 4).
+hpc_clock() {
+  local micro
+  if [[ -n ${EPOCHREALTIME:-} ]]; then
+    micro=${EPOCHREALTIME/[.,]/}
+    HPC_NOW_MS=$((10#$micro / 1000))
   else
-    printf '%d.%d' "$((ms / 1000))" "$((ms % 1000 / 100))"
+    HPC_NOW_MS=$(date +%s%3N)
   fi
 }
 
-# 2150 -> "2.1KB": progress lines are read by people.
-hpc_format_bytes() {
-  local bytes=$1
-  if ((bytes < 1024)); then
-    printf '%dB' "$bytes"
-  elif ((bytes < 1048576)); then
-    printf '%d.%dKB' "$((bytes / 1024))" "$((bytes % 1024 * 10 / 1024))"
+# Sets VAR to MS milliseconds as "1.2" (DECIMALS 1, progress) or "1.234" (3, manifest).
+hpc_format_ms() {
+  local var=$1 ms=$2 decimals=$3
+  if [[ $decimals == 3 ]]; then
+    printf -v "$var" '%d.%03d' "$((ms / 1000))" "$((ms % 1000))"
   else
-    printf '%d.%dMB' "$((bytes / 1048576))" "$((bytes % 1048576 * 10 / 1048576))"
+    printf -v "$var" '%d.%d' "$((ms / 1000))" "$((ms % 1000 / 100))"
+  fi
+}
+
+# Sets VAR to BYTES for people: 2150 -> "2.1KB".
+hpc_format_bytes() {
+  local var=$1 bytes=$2
+  if ((bytes < 1024)); then
+    printf -v "$var" '%dB' "$bytes"
+  elif ((bytes < 1048576)); then
+    printf -v "$var" '%d.%dKB' "$((bytes / 1024))" "$((bytes % 1024 * 10 / 1024))"
+  else
+    printf -v "$var" '%d.%dMB' "$((bytes / 1048576))" "$((bytes % 1048576 * 10 / 1048576))"
   fi
 }
 
@@ -94,12 +104,14 @@ hpc_size_bytes() {
   printf '%s\n' "${out:-0}"
 }
 
-# Free MB under $1, or nothing when df cannot tell (then no item is held back for it).
+# Sets HPC_FREE_MB to the free MB under $1, or empty when df cannot tell (then no item is
+# held back for it).
 hpc_free_mb() {
-  local kb
-  kb=$(df -Pk -- "$1" 2>/dev/null | awk 'NR == 2 { print $4 }') || true
+  local kb=""
+  HPC_FREE_MB=""
+  { read -r _ && read -r _ _ _ kb _; } < <(df -Pk -- "$1" 2>/dev/null) || true
   if [[ $kb =~ ^[0-9]+$ ]]; then
-    printf '%s\n' "$((kb / 1024))"
+    HPC_FREE_MB=$((kb / 1024))
   fi
 }
 
@@ -225,39 +237,48 @@ hpc_copy_tree() {
 # of it for packaging and upload.
 hpc_start_clock() {
   local budget=$1
-  HPC_DEADLINE_MS=$(($(hpc_now_ms) + budget * 1000))
+  hpc_clock
+  HPC_DEADLINE_MS=$((HPC_NOW_MS + budget * 1000))
   HPC_ITEMS_DEADLINE_MS=$((HPC_DEADLINE_MS - budget / 8 * 1000))
 }
 
+# Sets HPC_SECONDS_LEFT before the node-wide deadline.
 hpc_seconds_left() {
-  printf '%s\n' "$(((HPC_DEADLINE_MS - $(hpc_now_ms)) / 1000))"
+  hpc_clock
+  # shellcheck disable=SC2034 # read by collect.sh
+  HPC_SECONDS_LEFT=$(((HPC_DEADLINE_MS - HPC_NOW_MS) / 1000))
 }
 
-# Seconds the next item may run: its own limit, capped by what is left before the
-# node-wide deadline (which already keeps back time for packaging and upload).
+# Sets HPC_LIMIT to the seconds the next item may run: its own limit OWN, capped by what
+# is left before the node-wide deadline (which already keeps back time for packaging and
+# upload).
 hpc_item_limit() {
   local own=$1 left_ms
-  left_ms=$((HPC_ITEMS_DEADLINE_MS - $(hpc_now_ms)))
+  hpc_clock
+  left_ms=$((HPC_ITEMS_DEADLINE_MS - HPC_NOW_MS))
   if ((left_ms / 1000 < own)); then
-    printf '%s\n' "$((left_ms < 0 ? 0 : left_ms / 1000))"
+    HPC_LIMIT=$((left_ms < 0 ? 0 : left_ms / 1000))
   else
-    printf '%s\n' "$own"
+    HPC_LIMIT=$own
   fi
 }
 
 # ---------------------------------------------------------------- the manifest
 
-# A note is one line inside a TSV cell: tabs and control characters would break the table.
+# Sets VAR to TEXT as one TSV cell: tabs and control characters would break the table.
 hpc_tsv_cell() {
   local LC_ALL=C
-  printf '%s\n' "${1//[[:cntrl:]]/ }"
+  printf -v "$1" '%s' "${2//[[:cntrl:]]/ }"
 }
 
 # One manifest.tsv row: item rc seconds bytes timed_out cut_bytes redactions note.
 hpc_manifest_row() {
-  local name=$1 rc=$2 ms=$3 bytes=$4 timed_out=$5 cut=$6 redactions=$7 note=$8
-  HPC_MANIFEST_ROWS+=("$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' "$name" "$rc" "$(hpc_format_ms "$ms" 3)" \
-    "$bytes" "$timed_out" "$cut" "$redactions" "$(hpc_tsv_cell "$note")")")
+  local name=$1 rc=$2 ms=$3 bytes=$4 timed_out=$5 cut=$6 redactions=$7 seconds cell row
+  hpc_format_ms seconds "$ms" 3
+  hpc_tsv_cell cell "$8"
+  printf -v row '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' "$name" "$rc" "$seconds" "$bytes" "$timed_out" "$cut" \
+    "$redactions" "$cell"
+  HPC_MANIFEST_ROWS+=("$row")
   HPC_ITEMS=$((HPC_ITEMS + 1))
   if ((rc != 0)); then
     HPC_FAILED_ITEMS=$((HPC_FAILED_ITEMS + 1))
@@ -345,19 +366,20 @@ hpc_on_signal() {
   fi
 }
 
-# Why the next item cannot start, or nothing when it can.
+# Sets HPC_WHY to why the next item cannot start, or empty when it can.
 hpc_blocker() {
-  local limit=$1 free_mb
+  local limit=$1
+  HPC_WHY=""
   if [[ -n $HPC_INTERRUPTED ]]; then
-    printf 'interrupted by SIG%s\n' "$HPC_INTERRUPTED"
+    HPC_WHY="interrupted by SIG$HPC_INTERRUPTED"
   elif ((limit < 1)); then
-    printf 'node deadline of %ss reached\n' "$HPC_DEADLINE_SECONDS"
+    HPC_WHY="node deadline of ${HPC_DEADLINE_SECONDS}s reached"
   elif ((HPC_BUNDLE_BYTES >= HPC_BUNDLE_CAP_BYTES)); then
-    printf 'bundle cap of %s MB reached\n' "$HPC_BUNDLE_CAP_MB"
+    HPC_WHY="bundle cap of $HPC_BUNDLE_CAP_MB MB reached"
   else
-    free_mb=$(hpc_free_mb "$HPC_WORK_DIR")
-    if [[ -n $free_mb ]] && ((free_mb < HPC_MIN_FREE_MB)); then
-      printf 'only %s MB free under %s, need %s MB\n' "$free_mb" "$HPC_WORK_ROOT" "$HPC_MIN_FREE_MB"
+    hpc_free_mb "$HPC_WORK_DIR"
+    if [[ -n $HPC_FREE_MB ]] && ((HPC_FREE_MB < HPC_MIN_FREE_MB)); then
+      HPC_WHY="only $HPC_FREE_MB MB free under $HPC_WORK_ROOT, need $HPC_MIN_FREE_MB MB"
     fi
   fi
 }
@@ -391,8 +413,10 @@ hpc_launch() {
 hpc_run_item() {
   local name=$1 output=$2 kind=$3 target=$4 own_limit=${5:-$HPC_ITEM_TIMEOUT} secret=${6:-}
   local limit why path log dir="" start_ms ms rc=0 timed_out=0
-  limit=$(hpc_item_limit "$own_limit")
-  why=$(hpc_blocker "$limit")
+  hpc_item_limit "$own_limit"
+  limit=$HPC_LIMIT
+  hpc_blocker "$limit"
+  why=$HPC_WHY
   if [[ -n $why ]]; then
     case $why in
       interrupted*) hpc_record_not_run "$name" "$output" "$HPC_RC_INTERRUPTED" 0 "$why" ;;
@@ -409,14 +433,18 @@ hpc_run_item() {
     log=$path.log
     mkdir -p -- "$dir"
   fi
+  # A private scratch folder, made by the items that need one (hpc_item_tmp).
   HPC_ITEM_TMP=$HPC_WORK_DIR/tmp/$name
-  mkdir -p -- "$HPC_ITEM_TMP" 2>/dev/null || true
   : >"$HPC_CUTS_FILE" 2>/dev/null || true
-  start_ms=$(hpc_now_ms)
+  hpc_clock
+  start_ms=$HPC_NOW_MS
   hpc_launch "$name" "$kind" "$target" "$limit" "$log" "$dir" "$secret"
   hpc_wait_item "$!" || rc=$?
-  ms=$(($(hpc_now_ms) - start_ms))
-  rm -rf -- "$HPC_ITEM_TMP" 2>/dev/null || true
+  hpc_clock
+  ms=$((HPC_NOW_MS - start_ms))
+  if [[ -e $HPC_ITEM_TMP ]]; then
+    rm -rf -- "$HPC_ITEM_TMP" 2>/dev/null || true
+  fi
   # 124/137 alone could be the item's own exit code; only `timeout` ends it this late.
   if [[ $rc == 124 || $rc == 137 ]] && ((ms >= limit * 1000)); then
     timed_out=1
@@ -465,26 +493,23 @@ hpc_item() {
 
 # ---------------------------------------------------------------- after an item
 
-# The regular files an item wrote, NUL-separated: its output file, or its folder's files
-# and the folder's .log.
+# "size TAB path NUL" for each regular file an item wrote: its output file, or its
+# folder's files and the folder's .log.
 hpc_item_files() {
   local path=$1 dir=$2
   if [[ -n $dir ]]; then
-    find "$dir" -type f -print0 2>/dev/null || true
-    if [[ -f $path.log ]]; then
-      printf '%s\0' "$path.log"
-    fi
-  elif [[ -f $path ]]; then
-    printf '%s\0' "$path"
+    find "$dir" "$path.log" -type f -printf '%s\t%p\0' 2>/dev/null || true
+  else
+    find "$path" -maxdepth 0 -type f -printf '%s\t%p\0' 2>/dev/null || true
   fi
 }
 
-# Keeps the last KEEP bytes of FILE (none: the file goes); the cut is recorded. The tail
-# is moved to the front in place (dd reads ahead of where it writes), then the file is
-# truncated: this needs no free space, which matters when an item has filled the disk.
+# Keeps the last KEEP bytes of FILE, SIZE bytes long (KEEP 0: the file goes); the cut is
+# recorded. The tail is moved to the front in place (dd reads ahead of where it writes),
+# then the file is truncated: this needs no free space, which matters when an item has
+# filled the disk.
 hpc_cut_file() {
-  local file=$1 keep=$2 size
-  size=$(stat -c %s -- "$file" 2>/dev/null) || return 0
+  local file=$1 keep=$2 size=$3
   ((size > keep)) || return 0
   if ((keep == 0)); then
     rm -f -- "$file"
@@ -496,23 +521,20 @@ hpc_cut_file() {
   hpc_note_cut "$file" "$((size - keep))"
 }
 
-# The report must stay under HPC_BUNDLE_CAP_BYTES: cut this item's largest files (tails
-# kept, as for the per-file cap) until it fits.
+# The report must stay under HPC_BUNDLE_CAP_BYTES: cut the item's largest files (tails
+# kept, as for the per-file cap) by OVER bytes in all. Reads "size TAB path" lines.
 hpc_fit_bundle() {
   local over=$1 size file
-  shift
   while IFS=$'\t' read -r -d '' size file; do
     ((over > 0)) || break
     if ((size <= over)); then
-      hpc_cut_file "$file" 0
+      hpc_cut_file "$file" 0 "$size"
       over=$((over - size))
     else
-      hpc_cut_file "$file" "$((size - over))"
+      hpc_cut_file "$file" "$((size - over))" "$size"
       over=0
     fi
-  done < <(for file in "$@"; do
-    [[ -f $file ]] && printf '%s\t%s\0' "$(stat -c %s -- "$file")" "$file"
-  done | sort -z -rn)
+  done < <(sort -z -rn)
 }
 
 # Redacts FILES in a child under a time limit (redact.sh). Sets HPC_REDACTED[file] to
@@ -545,8 +567,8 @@ hpc_redact_item() {
   done
   if [[ -s $list ]]; then
     : >"$done" 2>/dev/null || true
-    limit=$(hpc_item_limit "$HPC_ITEM_TIMEOUT")
-    ((limit >= 30)) || limit=30
+    hpc_item_limit "$HPC_ITEM_TIMEOUT"
+    limit=$((HPC_LIMIT < 30 ? 30 : HPC_LIMIT))
     (
       export -f hpc_redact_files hpc_redact_file hpc_redact_stream
       exec timeout --kill-after="$HPC_KILL_GRACE" "$limit" "$BASH" -c 'hpc_redact_files "$@"' redact \
@@ -565,56 +587,70 @@ hpc_redact_item() {
   done
 }
 
+# Sets HPC_SIZES (path -> bytes), HPC_FILES (paths) and HPC_FILES_BYTES for an item's files.
+hpc_list_item_files() {
+  local size file
+  HPC_SIZES=() HPC_FILES=() HPC_FILES_BYTES=0
+  while IFS=$'\t' read -r -d '' size file; do
+    HPC_FILES+=("$file")
+    HPC_SIZES[$file]=$size
+    HPC_FILES_BYTES=$((HPC_FILES_BYTES + size))
+  done < <(hpc_item_files "$1" "$2")
+}
+
 # After an item has ended: cap its files, redact them, keep the bundle under its cap,
 # then record each file (manifest_files.tsv) and the item (manifest.tsv).
 hpc_settle_item() {
   local name=$1 path=$2 dir=$3 rc=$4 ms=$5 timed_out=$6
-  local file size bytes=0 cut=0 redactions=0 note="" files=() rel
+  local file size cut=0 redactions=0 note="" rel row took shown extra=""
   local -A cuts=()
+  declare -gA HPC_SIZES=() HPC_REDACTED=()
   HPC_UNREDACTED=()
-  declare -gA HPC_REDACTED=()
-  while IFS= read -r -d '' file; do
-    files+=("$file")
-  done < <(hpc_item_files "$path" "$dir")
-  for file in ${files[@]+"${files[@]}"}; do
-    hpc_cut_file "$file" "$HPC_FILE_CAP_BYTES"
+  hpc_list_item_files "$path" "$dir"
+  for file in ${HPC_FILES[@]+"${HPC_FILES[@]}"}; do
+    hpc_cut_file "$file" "$HPC_FILE_CAP_BYTES" "${HPC_SIZES[$file]}"
   done
-  if ((${#files[@]})); then
-    hpc_redact_item "${files[@]}"
-    for file in "${files[@]}"; do
-      [[ -f $file ]] && bytes=$((bytes + $(stat -c %s -- "$file")))
-    done
-    if ((HPC_BUNDLE_BYTES + bytes > HPC_BUNDLE_CAP_BYTES)); then
-      hpc_fit_bundle "$((HPC_BUNDLE_BYTES + bytes - HPC_BUNDLE_CAP_BYTES))" "${files[@]}"
+  if ((${#HPC_FILES[@]})); then
+    hpc_redact_item "${HPC_FILES[@]}"
+    hpc_list_item_files "$path" "$dir"
+    if ((HPC_BUNDLE_BYTES + HPC_FILES_BYTES > HPC_BUNDLE_CAP_BYTES)); then
+      for file in "${HPC_FILES[@]}"; do
+        printf '%s\t%s\0' "${HPC_SIZES[$file]}" "$file"
+      done | hpc_fit_bundle "$((HPC_BUNDLE_BYTES + HPC_FILES_BYTES - HPC_BUNDLE_CAP_BYTES))"
       note="cut to fit the bundle cap of $HPC_BUNDLE_CAP_MB MB"
+      hpc_list_item_files "$path" "$dir"
     fi
   fi
-  while IFS=$'\t' read -r file size; do
-    [[ -n $file ]] && cuts[$file]=$((${cuts[$file]:-0} + size))
-  done <"$HPC_CUTS_FILE"
-  bytes=0
-  for file in ${files[@]+"${files[@]}"}; do
-    size=0
-    [[ -f $file ]] && size=$(stat -c %s -- "$file")
-    bytes=$((bytes + size))
-    cut=$((cut + ${cuts[$file]:-0}))
-    redactions=$((redactions + ${HPC_REDACTED[$file]:-0}))
-    [[ -f $file ]] || continue
-    rel=${file#"$HPC_REPORT_DIR"/}
-    HPC_FILE_ROWS+=("$(printf '%s\t%s\t%s\t%s\t%s' "$(hpc_tsv_cell "$rel")" "$name" "$size" \
-      "${cuts[$file]:-0}" "${HPC_REDACTED[$file]:-0}")")
+  if [[ -f $HPC_CUTS_FILE ]]; then
+    while IFS=$'\t' read -r file size; do
+      [[ -n $file ]] && cuts[$file]=$((${cuts[$file]:-0} + size))
+    done <"$HPC_CUTS_FILE"
+  fi
+  for file in "${!cuts[@]}"; do
+    cut=$((cut + cuts[$file]))
   done
-  HPC_BUNDLE_BYTES=$((HPC_BUNDLE_BYTES + bytes))
+  for file in ${HPC_FILES[@]+"${HPC_FILES[@]}"}; do
+    redactions=$((redactions + ${HPC_REDACTED[$file]:-0}))
+    hpc_tsv_cell rel "${file#"$HPC_REPORT_DIR"/}"
+    printf -v row '%s\t%s\t%s\t%s\t%s' "$rel" "$name" "${HPC_SIZES[$file]}" "${cuts[$file]:-0}" \
+      "${HPC_REDACTED[$file]:-0}"
+    HPC_FILE_ROWS+=("$row")
+  done
+  HPC_BUNDLE_BYTES=$((HPC_BUNDLE_BYTES + HPC_FILES_BYTES))
   if ((${#HPC_UNREDACTED[@]})); then
     note="removed, redaction did not finish: ${HPC_UNREDACTED[*]}"
     ((rc != 0)) || rc=$HPC_RC_UNREDACTED
   fi
-  hpc_manifest_row "$name" "$rc" "$ms" "$bytes" "$timed_out" "$cut" "$redactions" "$note"
-  hpc_progress "$name rc=$rc $(hpc_format_ms "$ms" 1)s $(hpc_format_bytes "$bytes")$(
-    ((timed_out)) && printf ' TIMED OUT'
-    ((cut)) && printf ' cut %s' "$(hpc_format_bytes "$cut")"
-    ((redactions)) && printf ' redacted %s' "$redactions"
-    true)"
+  hpc_manifest_row "$name" "$rc" "$ms" "$HPC_FILES_BYTES" "$timed_out" "$cut" "$redactions" "$note"
+  hpc_format_ms took "$ms" 1
+  hpc_format_bytes shown "$HPC_FILES_BYTES"
+  ((timed_out == 0)) || extra+=" TIMED OUT"
+  if ((cut > 0)); then
+    hpc_format_bytes size "$cut"
+    extra+=" cut $size"
+  fi
+  ((redactions == 0)) || extra+=" redacted $redactions"
+  hpc_progress "$name rc=$rc ${took}s $shown$extra"
 }
 
 # ---------------------------------------------------------------- node options

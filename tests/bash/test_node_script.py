@@ -407,46 +407,6 @@ def test_work_folder_is_removed(eks_run):
 
 # ---------------------------------------------------------------- other runs
 
-def test_slurm_items_and_keep_dir_without_upload(tmp_path):
-    node = Node(tmp_path, "slurm")
-    keep = tmp_path / "keep"
-    run = node.run(HPC_KEEP_DIR=str(keep), HPC_NVIDIA_BUG_REPORT="0")
-    assert run.rc == 0, run.stdout + run.stderr
-    tarball = keep / f"{GROUP}_{INSTANCE}.tar.gz"
-    assert run.result["kept"] == str(tarball)
-    assert run.result["sha256"] == hashlib.sha256(tarball.read_bytes()).hexdigest()
-    files = report_files(tarball.read_bytes())
-    rows = manifest(files)
-    assert [r["item"] for r in rows] == expected_items("slurm")
-    assert files["sinfo.txt"] == b"sinfo stand-in: \n"
-    assert files["sinfo_R.txt"] == b"sinfo stand-in: -R -o %60E %9u %19H %N\n"
-    hostname = socket.gethostname().split(".")[0]
-    assert files["scontrol_show_node.txt"] == f"scontrol stand-in: show node {hostname}\n".encode()
-    assert files["squeue_node.txt"].startswith(f"squeue stand-in: -w {hostname} -o ".encode())
-    assert b"status slurmd --no-pager" in files["slurmd_status.txt"]
-    assert b"status slurmctld --no-pager" in files["slurmctld_status.txt"]
-    assert files["slurmd_journal.txt"].endswith(b" -u slurmd\n")
-    assert row(rows, "nvidia_bug_report")["note"] == "skipped: off by configuration (HPC_NVIDIA_BUG_REPORT=0)"
-    assert "containerd_status.txt" not in files and "kubelet_status.txt" not in files
-
-
-def test_absent_tools_are_skipped_with_a_note_not_failed(tmp_path):
-    node = Node(tmp_path, "slurm")
-    for tool in ("nvidia-smi", "sinfo"):
-        (node.bin / tool).unlink()
-        path = f"{node.env['PATH']}:/usr/sbin:/sbin:/opt/slurm/bin"
-        require(shutil.which(tool, path=path) is None, f"needs a machine without a real {tool}")
-    run = node.run(HPC_KEEP_DIR=str(tmp_path / "keep"))
-    assert run.rc == 0 and run.status == "ok", run.stdout + run.stderr
-    assert "[hpc] nvidia_smi skipped: not present: nvidia-smi" in run.stdout.splitlines()
-    files = report_files(kept_tarball(run))
-    rows = manifest(files)
-    for item in ("nvidia_smi", "nvidia_smi_q", "sinfo", "sinfo_R"):
-        assert row(rows, item)["rc"] == "0" and row(rows, item)["note"].startswith("skipped: not present: ")
-    assert "nvidia_smi.txt" not in files and "sinfo.txt" not in files
-    assert int(run.result["skipped_items"]) >= 6
-
-
 def sleeping(seconds: str) -> list[int]:
     """PIDs of `sleep <seconds>` processes still alive on this machine."""
     found = []
@@ -688,9 +648,6 @@ def test_detached_run_reports_status_and_a_second_one_of_the_run_exits_5(s3, tmp
         assert second.rc == 5 and second.status == "already_running", second.stdout + second.stderr
         assert second.result["pid"] == str(running["pid"])
         assert second.stdout.count("\n") == 1  # nothing collected, nothing else said
-        other_run = Node(tmp_path / "other", "eks").run(HPC_RUN_ID=f"{run_id}-other",
-                                                        HPC_KEEP_DIR=str(tmp_path / "keep"))
-        assert other_run.rc == 0, other_run.stdout  # another run's collector is not blocked
     finally:
         release.touch()
     done = wait_for(lambda: (s := try_status(s3, status_key)) and s["state"] == "done" and s, "the done status")
