@@ -44,15 +44,36 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     # The kubectl stage (EKS clusters).
     "kube_context": (None, "kubeconfig context for the kubectl stage (default: the one whose cluster is the EKS cluster)"),
     "kubectl_workers": (8, "most kubectl commands running at once"),
+    # How nodes are reached: SSM sessions, or SSH (Fabric) for Slurm clusters reached through a head node.
+    "transport": ("ssm", "ssm: one Session Manager session per node; ssh: SSH to each node (Fabric)"),
+    "ssh_user": (None, "SSH login user (default: the ssh config's User, else your user name); not root means sudo -n"),
+    "ssh_key": (None, "SSH private key file (default: the ssh config's IdentityFile, the agent, ~/.ssh/id_*)"),
+    "ssh_port": (None, "SSH port on the nodes (default: the ssh config's Port, else 22)"),
+    "ssh_config": (None, "ssh_config file to read (default: ~/.ssh/config and /etc/ssh/ssh_config)"),
+    "ssh_known_hosts": (None, "host keys: strict (unknown or changed keys refused), accept-new (unknown keys "
+                              "added, changed ones refused), off (not checked); default: the ssh config's "
+                              "StrictHostKeyChecking, else strict"),
+    "ssh_known_hosts_file": (None, "known_hosts file (default: the ssh config's UserKnownHostsFile and "
+                                   "GlobalKnownHostsFile, else ~/.ssh/known_hosts)"),
+    "ssh_gateway": (None, "jump host: [user@]host[:port], or a node of the run: controller (the first node of an "
+                          "instance group named *controller*), an instance id or an ip-a-b-c-d name"),
+    "ssh_gateway_via": ("ssh", "how the jump host is reached: ssh, or ssm (an AWS-StartSSHSession session; the "
+                               "jump host must be a node of the cluster)"),
+    "ssh_data_path": ("s3", "s3: nodes fetch the script and upload their tarball by presigned URL; sftp: pushed "
+                            "and pulled back over SSH, for nodes that cannot reach S3 (attached mode only)"),
 }
 CHOICES = {"session_mode": ("detached", "attached"), "session_client": ("direct", "cli"),
-           "upload_mode": ("presigned", "awscli")}
+           "upload_mode": ("presigned", "awscli"), "transport": ("ssm", "ssh"), "ssh_gateway_via": ("ssh", "ssm"),
+           "ssh_data_path": ("s3", "sftp")}
+# Optional integers: None means "not given" (a lower layer, such as the ssh config, decides).
+OPTIONAL_INTS = ("ssh_port",)
 # String settings with a fixed shape: (regex, what it must be).
 FORMATS = {
     "since": (re.compile(r"^(?:all|\d{1,6}[smhdw]|\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?"
                          r"(?:Z|[+-]\d{2}:?\d{2})?)?)$"),
               "a duration (30m, 12h, 3d, 2w), an ISO date/time or all"),
     "eks_log_collector_sha256": (re.compile(r"^[0-9a-f]{64}$"), "64 lowercase hex digits"),
+    "ssh_known_hosts": (re.compile(r"^(?:strict|accept-new|off)$"), "strict, accept-new or off"),
 }
 TIMEOUTS_SCHEMA: dict[str, tuple[int, str]] = {
     "run": (7200, "seconds the whole run stage may take; throttled nodes are retried until then"),
@@ -150,6 +171,16 @@ class Settings:
     eks_log_collector_sha256: str | None = None
     kube_context: str | None = None
     kubectl_workers: int = 8
+    transport: str = "ssm"
+    ssh_user: str | None = None
+    ssh_key: str | None = None
+    ssh_port: int | None = None
+    ssh_config: str | None = None
+    ssh_known_hosts: str | None = None
+    ssh_known_hosts_file: str | None = None
+    ssh_gateway: str | None = None
+    ssh_gateway_via: str = "ssh"
+    ssh_data_path: str = "s3"
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     @classmethod
@@ -194,6 +225,8 @@ def _given(value: Any, default: Any) -> Any:
 def _typed(key: str, value: Any, default: Any) -> Any:
     """Check `value` against the default's type; env vars arrive as strings, so cast those."""
     where = f"{CONFIG_KEY}.{key}"
+    if key in OPTIONAL_INTS:
+        return None if value is None else _as_positive_int(where, value)
     if default is None:
         if value is None or isinstance(value, str):
             return _formatted(key, where, value) or None
