@@ -39,6 +39,7 @@ COMMON_HELP = {
     "session_rate": "StartSession calls per second at most (default 2.5; AWS allows about 3)",
     "quiet": "no line per node, only the end result",
     "json": "print JSON on stdout (logs stay on stderr)",
+    "kube_context": "kubeconfig context for the kubectl stage (default: the one whose cluster is the EKS cluster)",
     "since": "journal and log window on nodes: 30m, 12h, 3d, 2w, an ISO date/time, or all (default 3d)",
     "file_cap_mb": "per-file cap on nodes in MB; longer files keep their last bytes (default 50)",
     "bundle_cap_mb": "cap on one node's report in MB, before compression (default 2048)",
@@ -118,16 +119,17 @@ def _node_flags(since=None, file_cap_mb=None, bundle_cap_mb=None, nvidia_bug_rep
 
 @task(iterable=["instance_groups", "nodes", "command", "redact_pattern"],
       help=_help("cluster", "s3_path", "region", "profile", "instance_groups", "nodes", "command", "max_workers",
-                 "session_mode", "session_client", "session_rate", "quiet", *NODE_FLAGS,
+                 "session_mode", "session_client", "session_rate", "quiet", *NODE_FLAGS, "kube_context",
                  download="download the node tarballs when collection ends (default: yes)"))
 @reports_errors
 def collect(ctx, cluster=None, s3_path=None, region=None, profile=None, instance_groups=None, nodes=None,
             command=None, max_workers=None, session_mode=None, session_client=None, session_rate=None, quiet=False,
             download=True, since=None, file_cap_mb=None, bundle_cap_mb=None, nvidia_bug_report=False,
-            skip_nvidia_bug_report=False, upload_mode=None, redact_pattern=None):
+            skip_nvidia_bug_report=False, upload_mode=None, redact_pattern=None, kube_context=None):
     """Collect diagnostics from every node: discover, render, upload, kubectl, run, summarize, download."""
     settings = _settings(ctx, cluster=cluster, s3_path=s3_path, region=region, profile=profile,
-                         max_workers=max_workers, **_session_flags(session_mode, session_client, session_rate),
+                         max_workers=max_workers, kube_context=kube_context,
+                         **_session_flags(session_mode, session_client, session_rate),
                          **_node_flags(since, file_cap_mb, bundle_cap_mb, nvidia_bug_report, skip_nvidia_bug_report,
                                        upload_mode, redact_pattern))
     return pipeline.collect(settings, _options(instance_groups=instance_groups, nodes=nodes, commands=command,
@@ -164,11 +166,12 @@ def upload(ctx, cluster=None, s3_path=None, region=None, profile=None, run_id=No
     return _stage(ctx, "upload", cluster=cluster, s3_path=s3_path, region=region, profile=profile, run_id=run_id)
 
 
-@task(help=_help("cluster", "region", "profile", "run_id"))
+@task(help=_help("cluster", "region", "profile", "run_id", "kube_context"))
 @reports_errors
-def kubectl(ctx, cluster=None, region=None, profile=None, run_id=None):
-    """Collect the cluster's Kubernetes state (EKS clusters; not built yet, and says so)."""
-    return _stage(ctx, "kubectl", cluster=cluster, region=region, profile=profile, run_id=run_id)
+def kubectl(ctx, cluster=None, region=None, profile=None, run_id=None, kube_context=None):
+    """Collect the cluster's Kubernetes state (EKS clusters) into kubectl_resources.tar.gz, locally and in S3."""
+    return _stage(ctx, "kubectl", cluster=cluster, region=region, profile=profile, run_id=run_id,
+                  session={"kube_context": kube_context})
 
 
 @task(name="run", iterable=["nodes"],

@@ -65,6 +65,7 @@ def build_summary(data: dict[str, Any]) -> dict[str, Any]:
         "status_counts": counts,
         "s3_prefix": f"s3://{s3['bucket']}/{s3['run_prefix']}" if s3 else None,
         "stages": {name: stage.get("status") for name, stage in data["stages"].items()},
+        "kubectl_resources": data["stages"].get("kubectl", {}).get("s3_uri"),
         "commands": data["options"].get("commands", []),
     }
 
@@ -126,8 +127,8 @@ def render_table(summary: dict[str, Any], data: dict[str, Any]) -> str:
     if len(shown) < len(results):
         lines.append(f"({len(results) - len(shown)} successful node(s) not listed)")
     kubectl = data["stages"].get("kubectl", {})
-    if kubectl.get("status") == "not_implemented":
-        lines.append("Note: Kubernetes state was not collected (the kubectl stage is not built yet).")
+    if kubectl.get("status") in ("failed", "incomplete"):
+        lines.append(f"Kubernetes state {kubectl['status']} (kubectl stage): {kubectl.get('error', '')}")
     return "\n".join(lines)
 
 

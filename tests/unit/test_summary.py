@@ -15,7 +15,7 @@ def state_data():
         "run_id": "20260101_000000",
         "cluster": {"name": "hp", "id": "abc123", "type": "eks", "arn": "arn:x/abc123", "region": "us-west-2"},
         "options": {"commands": ["df -h"]},
-        "stages": {"run": {"status": "done"}, "kubectl": {"status": "not_implemented"}},
+        "stages": {"run": {"status": "done"}, "kubectl": {"status": "failed", "error": "kubectl is not on PATH"}},
         "s3": {"bucket": "b", "run_prefix": "p/hp/20260101_000000"},
         "nodes": {
             "i-2": node("i-2", "g2", "ok", elapsed=3.5, bytes=2048, output="[hpc] ok"),
@@ -40,11 +40,11 @@ def test_summary_keeps_the_earlier_tools_fields_and_types():
     assert summary["s3_prefix"] == "s3://b/p/hp/20260101_000000"
 
 
-def test_table_shows_every_node_and_the_missing_kubectl_stage():
+def test_table_shows_every_node_and_the_failed_kubectl_stage():
     text = render_table(build_summary(state_data()), state_data())
     assert "4 node(s): 1 ok, 1 ok_with_errors, 1 skipped, 1 unreachable" in text
     assert "SSM agent not connected" in text and "2.0KB" in text
-    assert "Kubernetes state was not collected" in text
+    assert "Kubernetes state failed (kubectl stage): kubectl is not on PATH" in text
 
 
 def test_session_failures_map_to_fixed_statuses():
