@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from collectors import console
@@ -30,12 +31,15 @@ from collectors.state import (
 from collectors.transports.base import (
     SESSION_EXITED_EARLY, SESSION_FETCH_FAILED, SESSION_INTERRUPTED, SESSION_LAUNCHED, SESSION_OK,
     SESSION_THROTTLED, SESSION_TIMEOUT, SESSION_UNREACHABLE, NodeJob, SessionResult)
+from collectors.transports.ssh import ssh_transport
 from collectors.transports.ssm import SsmCliTransport, SsmDirectTransport
 
 # Node script exit codes (bash/collect.sh).
 RC_OK, RC_BAD_INPUT, RC_ITEM_ERRORS, RC_UPLOAD_FAILED = 0, 2, 3, 4
 # The node stops collecting this long before our own timeout so that it still packages and uploads.
 NODE_DEADLINE_MARGIN = 60
+# Where node tarballs are kept locally (the download stage's folder): SSH pulls them back there.
+RESULTS_DIR = "results"
 # Outcome fields cleared when a node is collected again.
 OUTCOME_FIELDS = ("error_kind", "error", "s3_key", "bytes", "sha256", "items", "failed_items", "kept", "pid",
                   "session_id", "launched", "launched_epoch", "finished", "elapsed", "output")
@@ -52,9 +56,9 @@ def execute(ctx: StageContext) -> int:
         state.mark_stage("run", "done")
         return 0
     collector = NodeCollector(ctx, runnable)
-    state.mark_stage("run", "running", started=utc_now(), planned=len(runnable), mode=collector.mode,
-                     client=ctx.settings.session_client)
-    console.log(f"run: {len(runnable)} node(s), {collector.mode} sessions via {ctx.settings.session_client}, "
+    via = "ssh" if ctx.settings.transport == "ssh" else ctx.settings.session_client
+    state.mark_stage("run", "running", started=utc_now(), planned=len(runnable), mode=collector.mode, client=via)
+    console.log(f"run: {len(runnable)} node(s), {collector.mode} sessions via {via}, "
                 f"at most {ctx.settings.max_workers} open and {ctx.settings.session_rate:g} starts/s")
     try:
         collector.run()
@@ -113,6 +117,11 @@ class NodeCollector:
         self.last_save = 0.0
 
     def make_transport(self):
+        if self.settings.transport == "ssh":
+            return ssh_transport(self.settings, self.ctx.aws.region, self.state.cluster,
+                                 list(self.state.nodes.values()),
+                                 script=Path(self.state.data["stages"]["render"]["script_path"]),
+                                 results_dir=self.state.run_dir / RESULTS_DIR, store=self.store_pulled_tarball)
         if self.settings.session_client == "cli":
             return SsmCliTransport(self.ctx.aws.region, self.settings.profile, self.settings.timeouts,
                                    self.ctx.aws.cli_env(), self.terminate_session)
@@ -136,7 +145,11 @@ class NodeCollector:
             rate=self.rate, max_sessions=self.settings.max_workers, max_attempts=self.settings.session_attempts,
             run_deadline=time.monotonic() + self.settings.timeouts.run, poll_interval=self.settings.poll_interval,
             cancel=self.ctx.cancel)
-        engine.run(to_launch, waiting)
+        try:
+            engine.run(to_launch, waiting)
+        finally:
+            # The SSH transport keeps one jump-host connection per worker thread across nodes.
+            getattr(self.transport, "close", lambda: None)()
 
     def reset(self, node: dict[str, Any]) -> None:
         for key in OUTCOME_FIELDS:
@@ -202,6 +215,13 @@ class NodeCollector:
             self.ssm.terminate_session(SessionId=session_id)
         except Exception as exc:  # noqa: BLE001 - best effort; SSM ends idle sessions by itself
             console.log(f"warning: could not terminate SSM session {session_id}: {describe_aws_error(exc)}")
+
+    def store_pulled_tarball(self, iid: str, path: Path) -> None:
+        """A tarball pulled back over SSH goes to S3 like the others: later stages look for it there."""
+        try:
+            self.s3.upload_file(str(path), self.bucket, self.tarball_key(self.nodes[iid]))
+        except Exception as exc:  # noqa: BLE001 - judged as not uploaded, with the local copy kept
+            console.log(f"warning: {path} was pulled over SSH but not stored in S3: {describe_aws_error(exc)}")
 
     def attached_outcome(self, node: dict[str, Any], result: SessionResult) -> dict[str, Any]:
         report = dict(result.result, rc=result.rc)
