@@ -47,9 +47,21 @@ COMMON_HELP = {
     "skip_nvidia_bug_report": "do not run nvidia-bug-report.sh on nodes",
     "upload_mode": "presigned (default: curl PUT, nodes need no S3 rights) or awscli (aws s3 cp with the node's role)",
     "redact_pattern": "extra redaction pattern (extended regex) applied on nodes before upload (repeatable)",
+    "transport": "how nodes are reached: ssm (default: a Session Manager session per node) or ssh (Fabric)",
+    "gateway": "SSH jump host: [user@]host[:port], or controller, an instance id or an ip-a-b-c-d name of the cluster",
+    "gateway_via": "how the jump host is reached: ssh (default) or ssm (AWS-StartSSHSession; it must be a node)",
+    "ssh_user": "SSH login user (default: ssh config, else yours); another user than root runs the script with sudo -n",
+    "ssh_key": "SSH private key file (default: ssh config's IdentityFile, the agent, ~/.ssh/id_*)",
+    "ssh_port": "SSH port on the nodes (default: ssh config's Port, else 22)",
+    "ssh_config": "ssh_config file to read (default: ~/.ssh/config and /etc/ssh/ssh_config)",
+    "ssh_known_hosts": "host keys: strict (default), accept-new (trust new keys, refuse changed ones) or off",
+    "ssh_known_hosts_file": "known_hosts file (default: ssh config's UserKnownHostsFile, else ~/.ssh/known_hosts)",
+    "ssh_data_path": "s3 (default: nodes use presigned URLs) or sftp (script pushed, tarball pulled back over SSH)",
 }
 NODE_FLAGS = ("since", "file_cap_mb", "bundle_cap_mb", "nvidia_bug_report", "skip_nvidia_bug_report", "upload_mode",
               "redact_pattern")
+SSH_FLAGS = ("transport", "gateway", "gateway_via", "ssh_user", "ssh_key", "ssh_port", "ssh_config", "ssh_known_hosts",
+             "ssh_known_hosts_file", "ssh_data_path")
 
 
 def _help(*names: str, **extra: str) -> dict[str, str]:
@@ -117,19 +129,23 @@ def _node_flags(since=None, file_cap_mb=None, bundle_cap_mb=None, nvidia_bug_rep
 
 # -- the job ---------------------------------------------------------------------------------
 
-@task(iterable=["instance_groups", "nodes", "command", "redact_pattern"],
+@task(iterable=["instance_groups", "nodes", "command", "redact_pattern"], auto_shortflags=False,
       help=_help("cluster", "s3_path", "region", "profile", "instance_groups", "nodes", "command", "max_workers",
-                 "session_mode", "session_client", "session_rate", "quiet", *NODE_FLAGS, "kube_context",
+                 "session_mode", "session_client", "session_rate", "quiet", *NODE_FLAGS, "kube_context", *SSH_FLAGS,
                  download="download the node tarballs when collection ends (default: yes)"))
 @reports_errors
 def collect(ctx, cluster=None, s3_path=None, region=None, profile=None, instance_groups=None, nodes=None,
             command=None, max_workers=None, session_mode=None, session_client=None, session_rate=None, quiet=False,
             download=True, since=None, file_cap_mb=None, bundle_cap_mb=None, nvidia_bug_report=False,
-            skip_nvidia_bug_report=False, upload_mode=None, redact_pattern=None, kube_context=None):
+            skip_nvidia_bug_report=False, upload_mode=None, redact_pattern=None, kube_context=None,
+            transport=None, gateway=None, gateway_via=None, ssh_user=None, ssh_key=None, ssh_port=None,
+            ssh_config=None, ssh_known_hosts=None, ssh_known_hosts_file=None, ssh_data_path=None):
     """Collect diagnostics from every node: discover, render, upload, kubectl, run, summarize, download."""
     settings = _settings(ctx, cluster=cluster, s3_path=s3_path, region=region, profile=profile,
                          max_workers=max_workers, kube_context=kube_context,
                          **_session_flags(session_mode, session_client, session_rate),
+                         **_ssh_flags(transport, gateway, gateway_via, ssh_user, ssh_key, ssh_port,
+                                      ssh_config, ssh_known_hosts, ssh_known_hosts_file, ssh_data_path),
                          **_node_flags(since, file_cap_mb, bundle_cap_mb, nvidia_bug_report, skip_nvidia_bug_report,
                                        upload_mode, redact_pattern))
     return pipeline.collect(settings, _options(instance_groups=instance_groups, nodes=nodes, commands=command,
@@ -174,23 +190,35 @@ def kubectl(ctx, cluster=None, region=None, profile=None, run_id=None, kube_cont
                   session={"kube_context": kube_context})
 
 
-@task(name="run", iterable=["nodes"],
+@task(name="run", iterable=["nodes"], auto_shortflags=False,
       help=_help("cluster", "region", "profile", "run_id", "nodes", "max_workers", "session_mode", "session_client",
-                 "session_rate", "quiet", "json",
+                 "session_rate", "quiet", "json", *SSH_FLAGS,
                  nodes="only these nodes of the run: i-…, hyperpod-i-…, ip-a-b-c-d ('-' reads stdin)",
                  retry_failed="also collect again the nodes that failed, timed out or were unreachable",
                  json="one JSON line per node outcome on stdout"))
 @reports_errors
 def run_nodes(ctx, cluster=None, region=None, profile=None, run_id=None, nodes=None, max_workers=None,
-              session_mode=None, session_client=None, session_rate=None, retry_failed=False, quiet=False, json=False):
+              session_mode=None, session_client=None, session_rate=None, retry_failed=False, quiet=False, json=False,
+              transport=None, gateway=None, gateway_via=None, ssh_user=None, ssh_key=None, ssh_port=None,
+              ssh_config=None, ssh_known_hosts=None, ssh_known_hosts_file=None, ssh_data_path=None):
     """Collect from the run's nodes that have not finished (one session per node, paced)."""
     return _stage(ctx, "run", cluster=cluster, region=region, profile=profile, max_workers=max_workers,
-                  session=_session_flags(session_mode, session_client, session_rate),
+                  session={**_session_flags(session_mode, session_client, session_rate),
+                           **_ssh_flags(transport, gateway, gateway_via, ssh_user, ssh_key, ssh_port,
+                                         ssh_config, ssh_known_hosts, ssh_known_hosts_file, ssh_data_path)},
                   run_id=run_id, nodes=nodes, retry_failed=retry_failed, quiet=quiet, json=json)
 
 
 def _session_flags(mode, client, rate) -> dict[str, Any]:
     return {"session_mode": mode, "session_client": client, "session_rate": rate}
+
+
+def _ssh_flags(transport, gateway, gateway_via, ssh_user, ssh_key, ssh_port, ssh_config, ssh_known_hosts,
+               ssh_known_hosts_file, ssh_data_path) -> dict[str, Any]:
+    """SSH transport settings from flags (None: not given, the configuration decides)."""
+    return {"transport": transport, "ssh_gateway": gateway, "ssh_gateway_via": gateway_via, "ssh_user": ssh_user,
+            "ssh_key": ssh_key, "ssh_port": ssh_port, "ssh_config": ssh_config, "ssh_known_hosts": ssh_known_hosts,
+            "ssh_known_hosts_file": ssh_known_hosts_file, "ssh_data_path": ssh_data_path}
 
 
 @task(help=_help("cluster", "region", "profile", "run_id", "json"))
