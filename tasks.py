@@ -132,7 +132,7 @@ def _node_flags(since=None, file_cap_mb=None, bundle_cap_mb=None, nvidia_bug_rep
 @task(iterable=["instance_groups", "nodes", "command", "redact_pattern"], auto_shortflags=False,
       help=_help("cluster", "s3_path", "region", "profile", "instance_groups", "nodes", "command", "max_workers",
                  "session_mode", "session_client", "session_rate", "quiet", *NODE_FLAGS, "kube_context", *SSH_FLAGS,
-                 download="download the node tarballs when collection ends (default: yes)"))
+                 download="download the node tarballs and report on them when collection ends (default: yes)"))
 @reports_errors
 def collect(ctx, cluster=None, s3_path=None, region=None, profile=None, instance_groups=None, nodes=None,
             command=None, max_workers=None, session_mode=None, session_client=None, session_rate=None, quiet=False,
@@ -140,7 +140,7 @@ def collect(ctx, cluster=None, s3_path=None, region=None, profile=None, instance
             skip_nvidia_bug_report=False, upload_mode=None, redact_pattern=None, kube_context=None,
             transport=None, gateway=None, gateway_via=None, ssh_user=None, ssh_key=None, ssh_port=None,
             ssh_config=None, ssh_known_hosts=None, ssh_known_hosts_file=None, ssh_data_path=None):
-    """Collect diagnostics from every node: discover, render, upload, kubectl, run, summarize, download."""
+    """Collect diagnostics from every node: discover, render, upload, kubectl, run, summarize, download, report."""
     settings = _settings(ctx, cluster=cluster, s3_path=s3_path, region=region, profile=profile,
                          max_workers=max_workers, kube_context=kube_context,
                          **_session_flags(session_mode, session_client, session_rate),
@@ -234,6 +234,22 @@ def download(ctx, cluster=None, region=None, profile=None, run_id=None, max_work
     """Download every node tarball of the run into runs/<cluster>/<run-id>/results/, verified."""
     return _stage(ctx, "download", cluster=cluster, region=region, profile=profile, run_id=run_id,
                   max_workers=max_workers)
+
+
+@task(help=_help("cluster", "run_id",
+                 run_id="report on this downloaded run (YYYYMMDD_HHMMSS) instead of the cluster's latest",
+                 against="also show what changed since this earlier run of the cluster: new and cleared findings, "
+                         "counters that grew",
+                 json="print findings.json on stdout instead of the summary (logs stay on stderr)"))
+@reports_errors
+def report(ctx, cluster=None, run_id=None, against=None, json=False):
+    """Tell what is wrong across the fleet: the signature catalog over the run's downloaded bundles.
+
+    Writes findings.json, report.md and report.html (one self-contained file) into the run folder
+    and prints the summary: cluster state, then findings by severity with their nodes folded.
+    Works offline; exit 0 whenever a report is made, 2 when the run is missing or not downloaded.
+    """
+    return _stage(ctx, "report", cluster=cluster, run_id=run_id, against=against, json=json)
 
 
 # -- the sandbox and the demo ----------------------------------------------------------------
@@ -350,5 +366,5 @@ sandbox.add_task(sandbox_up, name="up")
 sandbox.add_task(sandbox_down, name="down")
 sandbox.add_task(sandbox_status, name="status")
 sandbox.add_task(sandbox_env, name="env")
-ns = Collection(collect, discover, render, upload, kubectl, run_nodes, summarize, download, demo, test, sandbox)
+ns = Collection(collect, discover, render, upload, kubectl, run_nodes, summarize, download, report, demo, test, sandbox)
 ns.configure({config.CONFIG_KEY: config.config_tree()})

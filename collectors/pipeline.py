@@ -14,7 +14,7 @@ from collectors.aws import Aws, describe_aws_error
 from collectors.context import StageContext
 from collectors.errors import EXIT_OK, Interrupted, StageError, UsageError
 from collectors.settings import Settings
-from collectors.stages import discover, download, kubectl, render, run, summarize, upload
+from collectors.stages import discover, download, kubectl, render, report, run, summarize, upload
 from collectors.state import RunState
 
 STAGES: dict[str, Callable[[StageContext], int | None]] = {
@@ -25,7 +25,11 @@ STAGES: dict[str, Callable[[StageContext], int | None]] = {
     "run": run.execute,
     "summarize": summarize.execute,
     "download": download.execute,
+    "report": report.execute,
 }
+# Stages that only read the run folder: they need no AWS session (nor a region), so they work
+# offline on any downloaded run; their StageContext.aws is None.
+LOCAL_STAGES = ("report",)
 CONFIGURATION_ERRORS = (
     botocore.exceptions.NoCredentialsError,
     botocore.exceptions.PartialCredentialsError,
@@ -38,7 +42,7 @@ CONFIGURATION_ERRORS = (
 def run_stage(name: str, settings: Settings, options: dict[str, Any]) -> int:
     """One stage on the latest run of the cluster (or `--run-id`); discover starts a new run."""
     cluster = settings.require_cluster()
-    aws = Aws(settings)
+    aws = None if name in LOCAL_STAGES else Aws(settings)
     run_id = options.get("run_id")
     if name == "discover" and not run_id:
         return _in_new_run(settings, aws, cluster, options, ["discover"])
@@ -54,7 +58,7 @@ def collect(settings: Settings, options: dict[str, Any]) -> int:
     aws = Aws(settings)
     order = ["discover", "render", "upload", "kubectl", "run", "summarize"]
     if options.get("download", True):
-        order.append("download")
+        order += ["download", "report"]
     return _in_new_run(settings, aws, cluster, options, order)
 
 

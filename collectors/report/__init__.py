@@ -1,0 +1,7 @@
+"""`invoke report`: a versioned signature catalog (catalog.yaml) applied to a run's node bundles,
+the kubectl bundle and the state file, folded into findings across the fleet.
+
+catalog.py loads and checks the catalog; scan.py streams each bundle through it; checks.py holds
+the rules written in Python; findings.py folds hits across nodes; engine.py makes the report
+document; render.py and diff.py turn it into text.
+"""

@@ -1,0 +1,298 @@
+"""The signature catalog (catalog.yaml): loaded, checked, and compiled once.
+
+The catalog is data so that a rule can be added or tuned without touching the engine; the
+checks here make a malformed rule fail loudly at load time, never silently match nothing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import operator
+import re
+import string
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from collectors.errors import UsageError
+
+CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
+SEVERITIES = ("critical", "high", "warning", "info")
+SOURCES = ("node", "kubectl", "state", "fleet")
+FACT_TAKES = ("first", "count", "distinct", "sum")
+RULE_ID_RE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")
+CONDITION_RE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?\d+(?:\.\d+)?)\s*$")
+COMPARE = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
+           ">": operator.gt, "<": operator.lt}
+TEXT_FIELDS = ("title", "severity", "meaning", "action")
+
+
+@dataclass(frozen=True)
+class Condition:
+    group: str
+    compare: Any
+    limit: float
+    text: str
+
+    def holds(self, value: bytes | str | float | None) -> bool:
+        try:
+            return self.compare(float(value), self.limit)
+        except (TypeError, ValueError):
+            return False
+
+
+@dataclass(frozen=True)
+class CsvSpec:
+    """Rows of a CSV file with a header line (nvidia-smi --format=csv): summed columns give `value`."""
+
+    sum_columns: tuple[str, ...]
+    key_column: str | None
+
+
+@dataclass
+class Rule:
+    id: str
+    title: str
+    severity: str
+    meaning: str
+    action: str
+    source: str = "node"
+    files: tuple[str, ...] = ()
+    pattern: re.Pattern | None = None
+    exclude: re.Pattern | None = None
+    conditions: tuple[Condition, ...] = ()
+    csv: CsvSpec | None = None
+    key: str | None = None
+    test: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    cases: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def describe(self, key: str | None, case: str | None = None, override: dict[str, str] | None = None
+                 ) -> dict[str, str]:
+        """Title, severity, meaning and action for one finding of this rule: the case wins over the rule."""
+        chosen = self.cases.get(case if case is not None else (key or ""), {})
+        text = {name: (override or {}).get(name) or chosen.get(name) or getattr(self, name) for name in TEXT_FIELDS}
+        values = {name: key if key is not None else "-" for name in (self.key or "key", "key")}
+        text["title"] = text["title"].format(**values)
+        return text
+
+
+@dataclass
+class Fact:
+    name: str
+    files: tuple[str, ...]
+    take: str = "first"
+    pattern: re.Pattern | None = None
+    csv: CsvSpec | None = None
+    counter: bool = False
+
+
+@dataclass
+class Catalog:
+    version: int
+    rules: list[Rule]
+    facts: list[Fact]
+    _by_path: dict[str, tuple[list[Rule], list[Fact]]] = field(default_factory=dict, repr=False)
+
+    def rule(self, rule_id: str) -> Rule:
+        for rule in self.rules:
+            if rule.id == rule_id:
+                return rule
+        raise KeyError(rule_id)
+
+    def rules_from(self, source: str) -> list[Rule]:
+        return [rule for rule in self.rules if rule.source == source]
+
+    def for_path(self, path: str) -> tuple[list[Rule], list[Fact]]:
+        """Node rules and facts that read this bundle path; cached, since every bundle has the same names."""
+        cached = self._by_path.get(path)
+        if cached is None:
+            rules = [r for r in self.rules if r.source == "node" and matches_any(path, r.files)]
+            facts = [f for f in self.facts if matches_any(path, f.files)]
+            cached = self._by_path[path] = (rules, facts)
+        return cached
+
+
+def matches_any(path: str, globs: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(path, glob) for glob in globs)
+
+
+@lru_cache(maxsize=4)
+def load(path: Path = CATALOG_PATH) -> Catalog:
+    """The catalog at `path`, validated; a broken catalog is bad configuration (exit 2)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"cannot read the signature catalog {path}: {exc}") from None
+    return parse(raw, str(path))
+
+
+def parse(raw: Any, where: str = "catalog") -> Catalog:
+    if not isinstance(raw, dict) or not isinstance(raw.get("version"), int):
+        raise UsageError(f"{where}: needs a mapping with an integer `version`")
+    rules = [_rule(item, where) for item in _list(raw, "rules", where)]
+    seen: set[str] = set()
+    for rule in rules:
+        if rule.id in seen:
+            raise UsageError(f"{where}: rule id {rule.id} is used twice")
+        seen.add(rule.id)
+    facts = [_fact(item, where) for item in _list(raw, "facts", where)]
+    if len({fact.name for fact in facts}) != len(facts):
+        raise UsageError(f"{where}: a fact name is used twice")
+    return Catalog(version=raw["version"], rules=rules, facts=facts)
+
+
+def _list(raw: dict, name: str, where: str) -> list[dict]:
+    items = raw.get(name) or []
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise UsageError(f"{where}: `{name}` must be a list of mappings")
+    return items
+
+
+def _rule(item: dict, where: str) -> Rule:
+    rule_id = item.get("id")
+    if not isinstance(rule_id, str) or not RULE_ID_RE.match(rule_id):
+        raise UsageError(f"{where}: rule id {rule_id!r} must be dotted lower-case words (gpu.xid)")
+    here = f"{where}: rule {rule_id}"
+    _known_keys(item, {"id", "title", "severity", "source", "files", "pattern", "exclude", "when", "csv", "key",
+                       "test", "params", "cases", "meaning", "action"}, here)
+    for name in TEXT_FIELDS:
+        if not isinstance(item.get(name), str) or not item[name].strip():
+            raise UsageError(f"{here}: needs a non-empty `{name}`")
+    _severity(item["severity"], here)
+    source = item.get("source", "node")
+    if source not in SOURCES:
+        raise UsageError(f"{here}: source must be one of {', '.join(SOURCES)}, not {source!r}")
+    pattern = _regex(item.get("pattern"), here, "pattern")
+    csv = _csv(item.get("csv"), here)
+    how = [name for name in ("pattern", "csv", "test") if item.get(name)]
+    if len(how) != 1:
+        raise UsageError(f"{here}: needs exactly one of pattern, csv, test (has {how or 'none'})")
+    if source != "node" and not item.get("test"):
+        raise UsageError(f"{here}: {source} rules are tests (`test:`), not patterns")
+    files = _globs(item.get("files"), here, required=source == "node")
+    key = item.get("key")
+    captures = set(pattern.groupindex) if pattern else {"value"}
+    if key is not None and pattern is not None and key not in pattern.groupindex:
+        raise UsageError(f"{here}: key {key!r} is not a named group of the pattern")
+    if csv and key is None and csv.key_column:
+        key = csv.key_column
+    conditions = _conditions(item.get("when"), captures if (pattern or csv) else set(), here)
+    rule = Rule(id=rule_id, title=item["title"], severity=item["severity"], meaning=item["meaning"].strip(),
+                action=item["action"].strip(), source=source, files=files, pattern=pattern,
+                exclude=_regex(item.get("exclude"), here, "exclude"), conditions=conditions, csv=csv, key=key,
+                test=item.get("test"), params=dict(item.get("params") or {}), cases=_cases(item.get("cases"), here))
+    _check_title(rule, here)
+    _check_test(rule, here)
+    return rule
+
+
+def _fact(item: dict, where: str) -> Fact:
+    name = item.get("name")
+    here = f"{where}: fact {name!r}"
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"{where}: a fact needs a name")
+    _known_keys(item, {"name", "files", "pattern", "csv", "take", "counter"}, here)
+    take = item.get("take", "first")
+    if take not in FACT_TAKES:
+        raise UsageError(f"{here}: take must be one of {', '.join(FACT_TAKES)}")
+    pattern = _regex(item.get("pattern"), here, "pattern")
+    csv = _csv(item.get("csv"), here)
+    if (pattern is None) == (csv is None):
+        raise UsageError(f"{here}: needs exactly one of pattern, csv")
+    if pattern is not None and take != "count" and "value" not in pattern.groupindex:
+        raise UsageError(f"{here}: the pattern needs a (?P<value>...) group unless take is count")
+    return Fact(name=name, files=_globs(item.get("files"), here, required=True), take=take, pattern=pattern,
+                csv=csv, counter=bool(item.get("counter")))
+
+
+def _known_keys(item: dict, known: set[str], here: str) -> None:
+    unknown = set(item) - known
+    if unknown:
+        raise UsageError(f"{here}: unknown key(s) {', '.join(sorted(unknown))}")
+
+
+def _severity(value: Any, here: str) -> None:
+    if value not in SEVERITIES:
+        raise UsageError(f"{here}: severity must be one of {', '.join(SEVERITIES)}, not {value!r}")
+
+
+def _regex(text: Any, here: str, name: str) -> re.Pattern | None:
+    if text is None:
+        return None
+    if not isinstance(text, str) or not text:
+        raise UsageError(f"{here}: `{name}` must be a non-empty string")
+    try:
+        # Bytes: bundles are read without decoding; only evidence lines are decoded.
+        return re.compile(text.encode(), re.MULTILINE)
+    except re.error as exc:
+        raise UsageError(f"{here}: `{name}` is not a valid regex: {exc}") from None
+
+
+def _csv(spec: Any, here: str) -> CsvSpec | None:
+    if spec is None:
+        return None
+    columns = spec.get("sum") if isinstance(spec, dict) else None
+    if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
+        raise UsageError(f"{here}: csv needs `sum: [column, ...]`")
+    return CsvSpec(tuple(columns), spec.get("key"))
+
+
+def _globs(value: Any, here: str, required: bool) -> tuple[str, ...]:
+    if value is None and not required:
+        return ()
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise UsageError(f"{here}: `files` must be a non-empty list of globs")
+    return tuple(value)
+
+
+def _conditions(when: Any, captures: set[str], here: str) -> tuple[Condition, ...]:
+    if when is None:
+        return ()
+    if not isinstance(when, dict):
+        raise UsageError(f"{here}: `when` must map capture names to tests like \">= 95\"")
+    conditions = []
+    for group, text in when.items():
+        match = CONDITION_RE.match(str(text))
+        if group not in captures or not match:
+            raise UsageError(f"{here}: when {group}: {text!r} needs a named capture and a test like \">= 95\"")
+        conditions.append(Condition(group, COMPARE[match.group(1)], float(match.group(2)), str(text)))
+    return tuple(conditions)
+
+
+def _cases(cases: Any, here: str) -> dict[str, dict[str, str]]:
+    if cases is None:
+        return {}
+    if not isinstance(cases, dict):
+        raise UsageError(f"{here}: `cases` must map key values to overrides")
+    checked = {}
+    for value, override in cases.items():
+        if not isinstance(override, dict) or set(override) - set(TEXT_FIELDS):
+            raise UsageError(f"{here}: case {value!r} may only set {', '.join(TEXT_FIELDS)}")
+        if "severity" in override:
+            _severity(override["severity"], f"{here} case {value!r}")
+        checked[str(value)] = {name: str(text).strip() for name, text in override.items()}
+    return checked
+
+
+def _check_title(rule: Rule, here: str) -> None:
+    """Titles name a finding (one per key), so they may only use the key: never a value that differs per node."""
+    allowed = {"key"} | ({rule.key} if rule.key else set())
+    for title in [rule.title] + [case["title"] for case in rule.cases.values() if "title" in case]:
+        fields = {name for _, name, _, _ in string.Formatter().parse(title) if name}
+        if fields - allowed:
+            raise UsageError(f"{here}: title {title!r} may only use {{{'}, {'.join(sorted(allowed))}}}")
+
+
+def _check_test(rule: Rule, here: str) -> None:
+    if rule.test is None:
+        return
+    # Imported here: checks.py imports this module for its types.
+    from collectors.report.checks import TESTS
+
+    known = TESTS.get(rule.source, {})
+    if rule.test not in known:
+        raise UsageError(f"{here}: unknown {rule.source} test {rule.test!r} (known: {', '.join(sorted(known))})")

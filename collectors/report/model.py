@@ -1,0 +1,90 @@
+"""The report's data: evidence lines, hits (one rule on one node), and what a bundle yielded."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+EVIDENCE_CHARS = 400
+
+
+def decode(raw: bytes) -> str:
+    """Bundle text as str: logs may hold any bytes, and a bad byte must not lose the line."""
+    return raw.decode("utf-8", errors="replace")
+
+
+@dataclass
+class Evidence:
+    """One line that made a rule fire: `line` is None for sources without lines (state, Kubernetes JSON)."""
+
+    file: str
+    line: int | None
+    text: str
+
+    @classmethod
+    def of_line(cls, path: str, number: int | None, line: bytes) -> "Evidence":
+        return cls(file=path, line=number, text=decode(line.rstrip(b"\r"))[:EVIDENCE_CHARS])
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def where(self) -> str:
+        return f"{self.file}:{self.line}" if self.line is not None else self.file
+
+
+@dataclass
+class Hit:
+    """A rule that fired on one node, with how often and the first few evidence lines.
+
+    `subject` names the node the hit is about when that is not the bundle's own node: every
+    node's `sinfo -R` lists the reasons of all nodes. It is an instance id or a host/node name.
+    `case` picks the rule's case when it differs from the key; `override` carries text a test
+    chose itself (the Slurm reason table).
+    """
+
+    rule: str
+    key: str | None = None
+    count: int = 0
+    evidence: list[Evidence] = field(default_factory=list)
+    subject: str | None = None
+    case: str | None = None
+    override: dict[str, str] | None = None
+
+    def identity(self) -> tuple[str, str | None, str | None]:
+        return self.rule, self.key, self.subject
+
+
+@dataclass
+class NodeScan:
+    """What one bundle says: hits of node rules, facts for the fleet checks, counters for --against."""
+
+    bundle: str
+    instance_id: str | None
+    group: str | None
+    hits: list[Hit] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+    fact_evidence: dict[str, Evidence] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    files: int = 0
+    bytes_read: int = 0
+
+
+@dataclass
+class KubeState:
+    """The Kubernetes objects the report reads from the run's kubectl bundle."""
+
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)  # kind -> bundle member, for evidence
+    collected_at: float | None = None  # epoch seconds, to age stuck pods
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunView:
+    """Everything non-node rules look at: the state's node records, every bundle's scan, Kubernetes."""
+
+    nodes: dict[str, dict[str, Any]]
+    scans: dict[str, NodeScan]
+    kube: KubeState | None = None

@@ -1,0 +1,299 @@
+"""Read one node bundle and apply the catalog to it, streaming.
+
+A bundle is read once, member after member, straight out of the gzip stream (`r|gz`): nothing
+is extracted to disk and no file is held whole in memory. Each member is read in blocks of whole
+lines; patterns run over a block at C speed, and only their matches are turned into evidence
+(file, line number, line). Lines are split in Python only for the few small files that tests
+(lspci, sinfo -R, EFA counters) and CSV rules need line by line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import tarfile
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import IO, Iterator
+
+from collectors.report.catalog import Catalog, CsvSpec, Fact, Rule, load, matches_any
+from collectors.report.checks import NODE_TESTS, NodeTest
+from collectors.report.model import Evidence, Hit, NodeScan, decode
+
+BLOCK_BYTES = 1 << 20
+# A "line" longer than this (a binary file) is cut into pieces rather than held whole.
+LONGEST_LINE = 8 << 20
+EVIDENCE_PER_HIT = 3
+BUNDLE_NAME_RE = re.compile(r"^(?P<group>.+)_(?P<instance_id>i-[0-9a-f]+)\.tar\.gz$")
+# Below this many bundles, starting worker processes costs more than it saves.
+PARALLEL_FROM = 16
+
+
+def scan_bundles(paths: list[Path], workers: int, catalog_path: Path | None = None) -> list[NodeScan]:
+    """Every bundle, in worker processes when there are many (each worker loads the catalog once)."""
+    if workers <= 1 or len(paths) < PARALLEL_FROM:
+        catalog = load(catalog_path) if catalog_path else load()
+        return [scan_bundle(path, catalog) for path in paths]
+    chunk = max(1, len(paths) // (workers * 8))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(_scan_in_worker, paths, [catalog_path] * len(paths), chunksize=chunk))
+
+
+def _scan_in_worker(path: Path, catalog_path: Path | None) -> NodeScan:
+    return scan_bundle(path, load(catalog_path) if catalog_path else load())
+
+
+def scan_bundle(path: Path, catalog: Catalog) -> NodeScan:
+    named = BUNDLE_NAME_RE.match(path.name)
+    scan = NodeScan(bundle=path.name, instance_id=named["instance_id"] if named else None,
+                    group=named["group"] if named else None)
+    reader = BundleReader(catalog, scan)
+    try:
+        with tarfile.open(path, mode="r|gz") as tar:
+            for member in tar:
+                if member.isfile() and "/" in member.name:
+                    reader.read_member(member.name.split("/", 1)[1], tar.extractfile(member))
+    except (OSError, tarfile.TarError, EOFError, zlib.error) as exc:
+        # What was read before the damage still counts; the error becomes a finding.
+        scan.error = f"{type(exc).__name__}: {exc}"
+    reader.finish()
+    return scan
+
+
+class BundleReader:
+    """Applies the catalog to the members of one bundle, in the order the tarball holds them."""
+
+    def __init__(self, catalog: Catalog, scan: NodeScan):
+        self.catalog = catalog
+        self.scan = scan
+        self.hits: dict[tuple, Hit] = {}
+        self.tests: dict[str, NodeTest] = {}
+        self.facts = FactValues(catalog.facts)
+
+    def read_member(self, path: str, raw: IO[bytes] | None) -> None:
+        rules, facts = self.catalog.for_path(path.removesuffix(".gz"))
+        if raw is None or not (rules or facts):
+            return  # not read at all: the tar stream skips over it
+        self.scan.files += 1
+        source = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+        file_hits = FileHits(path)
+        pattern_rules = [rule for rule in rules if rule.pattern is not None]
+        line_rules = [rule for rule in rules if rule.pattern is None]
+        csv_facts = [fact for fact in facts if fact.csv is not None]
+        csv = CsvRows() if any(rule.csv for rule in line_rules) or csv_facts else None
+        line_base = 0
+        for block in blocks(source):
+            self.scan.bytes_read += len(block)
+            for rule in pattern_rules:
+                match_pattern(rule, block, line_base, file_hits)
+            self.facts.read(facts, path, block, line_base)
+            if line_rules or csv_facts:
+                self.read_lines(line_rules, csv_facts, csv, path, block, line_base, file_hits)
+            line_base += block.count(b"\n")
+        file_hits.merge_into(self.hits)
+
+    def read_lines(self, rules: list[Rule], csv_facts: list[Fact], csv: CsvRows | None, path: str, block: bytes,
+                   line_base: int, file_hits: FileHits) -> None:
+        for offset, line in enumerate(block.split(b"\n")[:-1] if block.endswith(b"\n") else block.split(b"\n")):
+            number = line_base + offset + 1
+            row = csv.feed(line) if csv is not None else None
+            for rule in rules:
+                if rule.csv is not None:
+                    if row is not None:
+                        match_csv_row(rule, row, number, line, file_hits)
+                else:
+                    self.test(rule).feed(path, number, line)
+            if row is not None:
+                for fact in csv_facts:
+                    self.facts.add_csv(fact, path, row, number, line)
+
+    def test(self, rule: Rule) -> NodeTest:
+        if rule.id not in self.tests:
+            self.tests[rule.id] = NODE_TESTS[rule.test](rule)
+        return self.tests[rule.id]
+
+    def finish(self) -> None:
+        for test in self.tests.values():
+            for hit in test.finish():
+                _merge(self.hits, hit, hit.count)
+            self.scan.counters.update(test.counters)
+        self.scan.hits = list(self.hits.values())
+        self.facts.store(self.scan)
+
+
+def blocks(source: IO[bytes]) -> Iterator[bytes]:
+    """The stream in blocks that end at a line end, so no line is ever split between two blocks."""
+    carry = b""
+    while True:
+        chunk = source.read(BLOCK_BYTES)
+        if not chunk:
+            break
+        data = carry + chunk if carry else chunk
+        cut = data.rfind(b"\n")
+        if cut < 0 and len(data) < LONGEST_LINE:
+            carry = data
+            continue
+        if cut < 0:
+            cut = len(data) - 1
+        yield data[:cut + 1]
+        carry = data[cut + 1:]
+    if carry:
+        yield carry
+
+
+def match_pattern(rule: Rule, block: bytes, line_base: int, file_hits: FileHits) -> None:
+    last_line_start, counted_to, line_number = -1, 0, line_base + 1
+    for match in rule.pattern.finditer(block):
+        if b"\n" in match.group(0):
+            continue  # evidence is one line; a match across lines is not one
+        start = block.rfind(b"\n", 0, match.start()) + 1
+        if start == last_line_start:
+            continue  # one hit per line, however many times the pattern occurs in it
+        end = block.find(b"\n", match.end())
+        line = block[start:end if end >= 0 else len(block)]
+        line_number += block.count(b"\n", counted_to, start)
+        counted_to, last_line_start = start, start
+        if rule.exclude is not None and rule.exclude.search(line):
+            continue
+        if not all(condition.holds(match.group(condition.group)) for condition in rule.conditions):
+            continue
+        key = decode(match.group(rule.key)) if rule.key and match.group(rule.key) is not None else None
+        file_hits.add(rule.id, key, line_number, line)
+
+
+def match_csv_row(rule: Rule, row: dict[str, bytes], number: int, line: bytes, file_hits: FileHits) -> None:
+    value = csv_sum(rule.csv, row)
+    if value is None or not all(condition.holds(value) for condition in rule.conditions):
+        return
+    key = decode(row.get(rule.csv.key_column, b"")).strip() or None if rule.csv.key_column else None
+    file_hits.add(rule.id, key, number, line)
+
+
+def csv_sum(spec: CsvSpec, row: dict[str, bytes]) -> float | None:
+    """The summed columns, or None when none holds a number ([N/A], [Not Supported])."""
+    values = []
+    for column in spec.sum_columns:
+        try:
+            values.append(float(row.get(column, b"")))
+        except ValueError:
+            continue
+    return sum(values) if values else None
+
+
+class CsvRows:
+    """`nvidia-smi --format=csv` rows by column name; the header names carry units (`power.draw [W]`)."""
+
+    def __init__(self) -> None:
+        self.columns: list[str] | None = None
+
+    def feed(self, line: bytes) -> dict[str, bytes] | None:
+        cells = [cell.strip() for cell in line.split(b",")]
+        if self.columns is None:
+            self.columns = [decode(cell).split(" [", 1)[0] for cell in cells]
+            return None
+        if len(cells) != len(self.columns):
+            return None  # an error message instead of a row
+        return dict(zip(self.columns, cells))
+
+
+class FileHits:
+    """Hits found in one file. A node's count is the largest count of any one file, because the same
+    kernel line is in dmesg, the journal and kern.log: summing them would triple it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.hits: dict[tuple, Hit] = {}
+
+    def add(self, rule_id: str, key: str | None, number: int, line: bytes) -> None:
+        hit = self.hits.get((rule_id, key))
+        if hit is None:
+            hit = self.hits[rule_id, key] = Hit(rule=rule_id, key=key)
+        hit.count += 1
+        if len(hit.evidence) < EVIDENCE_PER_HIT:
+            hit.evidence.append(Evidence.of_line(self.path, number, line))
+
+    def merge_into(self, node_hits: dict[tuple, Hit]) -> None:
+        for hit in self.hits.values():
+            _merge(node_hits, hit, hit.count)
+
+
+def _merge(node_hits: dict[tuple, Hit], hit: Hit, count: int) -> None:
+    identity = hit.identity()
+    known = node_hits.get(identity)
+    if known is None:
+        node_hits[identity] = hit
+        return
+    known.count = max(known.count, count)
+    texts = {item.text for item in known.evidence}
+    for item in hit.evidence:
+        if len(known.evidence) < EVIDENCE_PER_HIT and item.text not in texts:
+            known.evidence.append(item)
+
+
+class FactValues:
+    """Fact values as files are read. A fact lists its files by preference: the value comes from the
+    first listed file that gave one (the CSV when nvidia-smi answered queries, else its table)."""
+
+    def __init__(self, facts: list[Fact]):
+        self.found: dict[tuple[str, int], dict] = {}
+        self.facts = {fact.name: fact for fact in facts}
+
+    def read(self, facts: list[Fact], path: str, block: bytes, line_base: int) -> None:
+        for fact in facts:
+            if fact.pattern is None:
+                continue
+            slot = self._slot(fact, path)
+            if fact.take == "first" and slot["values"]:
+                continue
+            for match in fact.pattern.finditer(block):
+                value = match.group("value") if "value" in fact.pattern.groupindex else b""
+                line_start = block.rfind(b"\n", 0, match.start()) + 1
+                line_end = block.find(b"\n", match.start())
+                self._add(slot, fact, value, path, line_base + block.count(b"\n", 0, line_start) + 1,
+                          block[line_start:line_end if line_end >= 0 else len(block)])
+                if fact.take == "first":
+                    break
+
+    def add_csv(self, fact: Fact, path: str, row: dict[str, bytes], number: int, line: bytes) -> None:
+        value = csv_sum(fact.csv, row)
+        if value is not None:
+            self._add(self._slot(fact, path), fact, str(int(value)).encode(), path, number, line)
+
+    def _slot(self, fact: Fact, path: str) -> dict:
+        preference = next(i for i, glob in enumerate(fact.files) if matches_any(path.removesuffix(".gz"), (glob,)))
+        return self.found.setdefault((fact.name, preference), {"values": [], "evidence": None})
+
+    @staticmethod
+    def _add(slot: dict, fact: Fact, value: bytes, path: str, number: int, line: bytes) -> None:
+        slot["values"].append(decode(value).strip())
+        if slot["evidence"] is None:
+            slot["evidence"] = Evidence.of_line(path, number, line)
+
+    def store(self, scan: NodeScan) -> None:
+        for (name, _), slot in sorted(self.found.items(), key=lambda item: item[0][1]):
+            if name in scan.facts or not slot["values"]:
+                continue
+            fact = self.facts[name]
+            scan.facts[name] = reduce_values(fact.take, slot["values"])
+            scan.fact_evidence[name] = slot["evidence"]
+            if fact.counter:
+                scan.counters[name] = int(scan.facts[name])
+
+
+def reduce_values(take: str, values: list[str]) -> str | int:
+    if take == "count":
+        return len(values)
+    if take == "distinct":
+        return len(set(values))
+    if take == "sum":
+        return sum(int(float(value)) for value in values if _is_number(value))
+    return values[0]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
