@@ -105,12 +105,13 @@ def execute(ctx: StageContext) -> int:
         console.log("kubectl: not an EKS cluster; nothing to do")
         state.mark_stage("kubectl", "not_applicable")
         return 0
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hyperpod-kubectl-") as scratch:
         try:
             target = preflight(ctx, Path(scratch) / "cache")
         except PreflightError as problem:
             return record_failure(ctx, str(problem))
-        return collect(ctx, target, Path(scratch))
+        return collect(ctx, target, Path(scratch), started)
 
 
 def record_failure(ctx: StageContext, message: str) -> int:
@@ -119,7 +120,7 @@ def record_failure(ctx: StageContext, message: str) -> int:
     return 1
 
 
-def collect(ctx: StageContext, target: "Target", scratch: Path) -> int:
+def collect(ctx: StageContext, target: "Target", scratch: Path, stage_started: float) -> int:
     folder = scratch / TOP_FOLDER
     folder.mkdir()
     commands = plan(target.custom_resources)
@@ -127,14 +128,16 @@ def collect(ctx: StageContext, target: "Target", scratch: Path) -> int:
                 f"{ctx.settings.kubectl_workers} at a time, {ctx.settings.timeouts.kubectl} s each at most")
     started = time.monotonic()
     outcomes = run_all(ctx, target, commands, folder)
-    wall = time.monotonic() - started
+    timing = {"wall_seconds": round(time.monotonic() - started, 2),
+              "command_seconds": round(sum(o.seconds for o in outcomes), 2)}
     write_secrets_json(folder)
     write_manifest(folder, outcomes)
     tarball = ctx.state.run_dir / TARBALL
     pack(folder, tarball)
     s3_uri, upload_error = upload(ctx, tarball)
-    report(outcomes, wall, tarball, s3_uri)
-    return record_outcomes(ctx, outcomes, wall, tarball, s3_uri, upload_error)
+    timing["stage_seconds"] = round(time.monotonic() - stage_started, 2)
+    report(outcomes, timing, tarball, s3_uri)
+    return record_outcomes(ctx, outcomes, timing, tarball, s3_uri, upload_error)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,7 +402,7 @@ def upload(ctx: StageContext, tarball: Path) -> tuple[str | None, str | None]:
     return f"s3://{location['bucket']}/{key}", None
 
 
-def report(outcomes: list[Outcome], wall: float, tarball: Path, s3_uri: str | None) -> None:
+def report(outcomes: list[Outcome], timing: dict[str, float], tarball: Path, s3_uri: str | None) -> None:
     by_resource: dict[str, list[Outcome]] = {}
     for outcome in outcomes:
         by_resource.setdefault(outcome.command.resource, []).append(outcome)
@@ -408,9 +411,10 @@ def report(outcomes: list[Outcome], wall: float, tarball: Path, s3_uri: str | No
                  + ("" if o.rc == 0 else f" FAILED ({o.error})") for o in results]
         console.log(f"kubectl: {resource:<24} " + " | ".join(parts))
     slowest = max(outcomes, key=lambda o: o.seconds)
-    console.log(f"kubectl: {len(outcomes)} commands in {wall:.1f} s (sum of their times "
-                f"{sum(o.seconds for o in outcomes):.1f} s, slowest {slowest.command.text()} {slowest.seconds:.1f} s); "
-                f"{tarball} ({console.human_bytes(tarball.stat().st_size)})" + (f" and {s3_uri}" if s3_uri else ""))
+    console.log(f"kubectl: {len(outcomes)} commands in {timing['wall_seconds']:.1f} s (sum of their times "
+                f"{timing['command_seconds']:.1f} s, slowest {slowest.command.text()} {slowest.seconds:.1f} s), "
+                f"stage {timing['stage_seconds']:.1f} s; {tarball} ({console.human_bytes(tarball.stat().st_size)})"
+                + (f" and {s3_uri}" if s3_uri else ""))
 
 
 def failure_advice(ctx: StageContext, failed: list[Outcome]) -> str:
@@ -428,13 +432,12 @@ def failure_advice(ctx: StageContext, failed: list[Outcome]) -> str:
     return "; ".join(advice) + f"; then run: {rerun_command(ctx)}"
 
 
-def record_outcomes(ctx: StageContext, outcomes: list[Outcome], wall: float, tarball: Path, s3_uri: str | None,
-                    upload_error: str | None) -> int:
+def record_outcomes(ctx: StageContext, outcomes: list[Outcome], timing: dict[str, float], tarball: Path,
+                    s3_uri: str | None, upload_error: str | None) -> int:
     failed = [o for o in outcomes if o.rc != 0]
     problems = ([failure_advice(ctx, failed)] if failed else []) + ([upload_error] if upload_error else [])
     details = {
-        "tarball": str(tarball), "s3_uri": s3_uri, "wall_seconds": round(wall, 2),
-        "command_seconds": round(sum(o.seconds for o in outcomes), 2), "collected": utc_now(),
+        "tarball": str(tarball), "s3_uri": s3_uri, **timing, "collected": utc_now(),
         "commands": [{"file": o.command.file, "command": o.command.text(), "rc": o.rc,
                       "seconds": round(o.seconds, 2), "bytes": o.bytes, "timed_out": o.timed_out, "error": o.error}
                      for o in outcomes],
