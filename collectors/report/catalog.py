@@ -133,6 +133,8 @@ def load(path: Path = CATALOG_PATH) -> Catalog:
 def parse(raw: Any, where: str = "catalog") -> Catalog:
     if not isinstance(raw, dict) or not isinstance(raw.get("version"), int):
         raise UsageError(f"{where}: needs a mapping with an integer `version`")
+    # file_sets only holds YAML anchors that rules reuse (`files: *kernel_logs`).
+    _known_keys(raw, {"version", "file_sets", "rules", "facts"}, where)
     rules = [_rule(item, where) for item in _list(raw, "rules", where)]
     seen: set[str] = set()
     for rule in rules:

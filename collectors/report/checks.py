@@ -243,7 +243,8 @@ def collection_status(rule: Any, view: RunView) -> list[Hit]:
         if status in wanted:
             error = (node.get("error") or "").strip().splitlines()
             text = f"status {status}" + (f" ({node['error_kind']})" if node.get("error_kind") else "")
-            hits.append(state_hit(rule, iid, status, text + (f": {error[0]}" if error else "")))
+            key = status if len(wanted) > 1 else None  # one status: the title already says it
+            hits.append(state_hit(rule, iid, key, text + (f": {error[0]}" if error else "")))
     return hits
 
 
