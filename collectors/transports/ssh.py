@@ -19,6 +19,7 @@ every later stage looks for it).
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -30,7 +31,6 @@ import socket
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -120,7 +120,7 @@ class UnknownHostKey(paramiko.SSHException):
 # Settings → what the transport needs
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SshOptions:
     user: str | None = None
     key: str | None = None
@@ -154,7 +154,7 @@ def check_private_key(path: str) -> None:
         raise UsageError(f"ssh_key {path} is not a usable private key: {describe(exc)}") from None
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Gateway:
     """The jump host: its address, and the ProxyCommand that reaches it when it is reached by SSM."""
 
@@ -278,18 +278,17 @@ def known_hosts_files(options: SshOptions, ssh_config: dict[str, Any]) -> list[P
 
 
 def apply_host_key_policy(client: paramiko.SSHClient, options: SshOptions, ssh_config: dict[str, Any],
-                          lock: threading.Lock) -> str:
-    """Load the known keys and set what happens to an unknown one; return the policy's name."""
+                          lock: threading.Lock) -> None:
+    """Load the known keys and set what happens to an unknown one."""
     policy = host_key_policy(options, ssh_config)
     if policy == "off":
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # in memory only: nothing is loaded or saved
-        return policy
+        return
     files = known_hosts_files(options, ssh_config)
     for path in files:
         if path.is_file():
             client.get_host_keys().load(str(path))
     client.set_missing_host_key_policy(AcceptNewPolicy(files[0], lock) if policy == "accept-new" else StrictPolicy())
-    return policy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,6 +309,8 @@ class SshTransport:
         self.fabric_config = fabric_config(options.config_path)
         self.known_hosts_lock = threading.Lock()
         self.local = threading.local()
+        # A jump host that refused us (no sshd, host key, login) refuses every node: asked once, told to all.
+        self.gateway_refusal: SessionResult | None = None
         self.gateways: list[Connection] = []
         self.gateways_lock = threading.Lock()
 
@@ -355,6 +356,8 @@ class SshTransport:
             return connection
         if connection is not None:
             self.forget_gateway()
+        if self.gateway_refusal is not None:
+            raise ConnectFailed(dataclasses.replace(self.gateway_refusal))
         gateway = self.gateway
         connection = self.connection(gateway.host, gateway.user, gateway.port)
         proxy = EndingProxyCommand(gateway.proxy_command) if gateway.proxy_command else None
@@ -366,8 +369,12 @@ class SshTransport:
         except CONNECT_ERRORS as exc:
             close_connection(connection)
             if proxy is not None:
-                raise ConnectFailed(proxy_failure(proxy, exc, where)) from None
-            raise ConnectFailed(connect_failure(exc, where, "gateway", self.timeouts.session_prompt)) from None
+                failure = proxy_failure(proxy, exc, where)
+            else:
+                failure = connect_failure(exc, where, "gateway", self.timeouts.session_prompt)
+            if failure.kind == SESSION_UNREACHABLE:
+                self.gateway_refusal = failure
+            raise ConnectFailed(dataclasses.replace(failure)) from None
         self.local.gateway = connection
         with self.gateways_lock:
             self.gateways.append(connection)
@@ -582,11 +589,7 @@ class NodeSession:
 
     # -- plumbing ---------------------------------------------------------------------------
     def as_root(self, body: str, directory: str) -> str:
-        """`sh -c BODY hpc-collector DIR`, through `sudo -n` when we did not log in as root."""
-        argv = ["sh", "-c", body, "hpc-collector", directory]
-        if self.connection.user != "root":
-            argv = ["sudo", "-n"] + argv
-        return shlex.join(argv)
+        return node_command(body, directory, sudo=self.connection.user != "root")
 
     def execute(self, command: str, step: str, timeout: float, stdin: bytes = b"", pty: bool = False) -> tuple[int, str]:
         """Run one command in its own channel; return (exit status, output). A pty ties the command's
@@ -651,6 +654,12 @@ class NodeSession:
 # Pure helpers
 
 
+def node_command(body: str, directory: str, sudo: bool) -> str:
+    """`sh -c BODY hpc-collector DIR`, through `sudo -n` (never a password prompt) for a user other than root."""
+    argv = ["sh", "-c", body, "hpc-collector", directory]
+    return shlex.join(["sudo", "-n"] + argv if sudo else argv)
+
+
 def env_file(variables: dict[str, str]) -> bytes:
     """`export NAME='value'` lines, sourced by sh on the node."""
     for name in variables:
@@ -707,9 +716,11 @@ def proxy_failure(proxy: paramiko.ProxyCommand, exc: BaseException, where: str) 
     if proxy.process.poll() is None:
         proxy.process.kill()
     said = proxy.process.communicate()[1].decode(errors="replace").strip()
+    said = "\n".join(line for line in said.splitlines() if line.strip())
     if not said:
         return connect_failure(exc, where, "gateway", 0)
-    result = classify_start_error(said)
+    result = classify_start_error(said)  # the kind: unreachable, throttled or a failed start
     result.step = "gateway"
-    result.error = f"{where} through SSM: {result.error}"
+    # The AWS CLI says what went wrong first, then repeats the plugin's command line.
+    result.error = f"{where} through SSM: {said.splitlines()[0].strip()}"
     return result
