@@ -427,9 +427,8 @@ def owner_reference(owner: dict) -> dict:
 class PodFactory:
     """Makes pods the way their controllers would, with addresses on loopback like the whole sandbox."""
 
-    def __init__(self, clock: Clock, nodes: dict[str, dict]):
+    def __init__(self, clock: Clock):
         self.clock = clock
-        self.nodes = nodes
         self.next_ip = 1
 
     def pod_ip(self, node_object: dict, host_network: bool) -> str:
@@ -596,7 +595,7 @@ class WorkloadBuilder:
         self.clock = clock
         self.nodes = nodes
         self.sick_nodes = sick_nodes
-        self.pods = PodFactory(clock, nodes)
+        self.pods = PodFactory(clock)
         # Add-ons go to healthy CPU nodes when there are any (as their node affinity asks), else to healthy nodes.
         healthy = [n for n in nodes.values() if node_is_ready(n) and not n["spec"]["unschedulable"]]
         cpu_nodes = [n for n in healthy if "nvidia.com/gpu.present" not in n["metadata"]["labels"]]

@@ -185,10 +185,13 @@ def update_kubeconfig_command(cluster: dict[str, Any]) -> str:
 
 def kubeconfig_view(kubectl: str) -> dict[str, Any]:
     """The merged kubeconfig as kubectl sees it; without --raw, so credentials come back redacted."""
-    result = subprocess.run([kubectl, "config", "view", "-o", "json"], capture_output=True, text=True,
-                            timeout=PREFLIGHT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    try:
+        result = subprocess.run([kubectl, "config", "view", "-o", "json"], capture_output=True, text=True,
+                                timeout=PREFLIGHT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PreflightError(f"{kubectl} does not run ({exc}); reinstall kubectl") from None
     if result.returncode != 0:
-        raise PreflightError(f"kubectl cannot read your kubeconfig: {first_line(result.stderr)}. Fix the file named "
+        raise PreflightError(f"kubectl cannot read your kubeconfig: {last_line(result.stderr)}. Fix the file named "
                              "by KUBECONFIG (or ~/.kube/config)")
     return json.loads(result.stdout or "{}")
 
@@ -252,12 +255,14 @@ def discover_custom_resources(ctx: StageContext, target: Target) -> list[str]:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise PreflightError(api_down_message(ctx, target, f"no answer in {timeout} s")) from None
+    except OSError as exc:
+        raise PreflightError(f"{target.kubectl} does not run ({exc}); reinstall kubectl") from None
     names = result.stdout.split()
     # Some aggregated API (say metrics-server) being down makes kubectl exit 1 with the rest listed: carry on.
     if result.returncode != 0 and not ("unable to retrieve the complete list" in result.stderr and names):
         raise PreflightError(api_error_message(ctx, target, result.stderr))
     if result.returncode != 0:
-        console.log(f"kubectl: warning: {first_line(result.stderr)}")
+        console.log(f"kubectl: warning: {last_line(result.stderr)}")
     return sorted(name for name in names if is_custom_resource(name))
 
 
@@ -270,16 +275,16 @@ def api_error_message(ctx: StageContext, target: Target, stderr: str) -> str:
     lowered = stderr.lower()
     if any(sign in lowered for sign in CREDENTIAL_SIGNS):
         cluster = ctx.state.cluster
-        return (f"the API server of context {target.context!r} refused your credentials ({first_line(stderr)}). "
+        return (f"the API server of context {target.context!r} refused your credentials ({last_line(stderr)}). "
                 "Check that `aws sts get-caller-identity` shows the identity you expect and that it has an EKS "
                 f"access entry (aws eks list-access-entries --cluster-name {cluster['eks_cluster_name']}); "
                 f"refresh the kubeconfig with: {update_kubeconfig_command(cluster)}; then run: {rerun_command(ctx)}")
     if "forbidden" in lowered:
-        return (f"your identity may not list API resources on context {target.context!r} ({first_line(stderr)}); "
+        return (f"your identity may not list API resources on context {target.context!r} ({last_line(stderr)}); "
                 "give it a view policy (README: RBAC for the kubectl stage), then run: " + rerun_command(ctx))
     if any(sign in lowered for sign in API_DOWN_SIGNS):
-        return api_down_message(ctx, target, first_line(stderr))
-    return f"kubectl api-resources failed on context {target.context!r}: {first_line(stderr)}; then run: " \
+        return api_down_message(ctx, target, last_line(stderr))
+    return f"kubectl api-resources failed on context {target.context!r}: {last_line(stderr)}; then run: " \
            f"{rerun_command(ctx)}"
 
 
@@ -289,7 +294,8 @@ def api_down_message(ctx: StageContext, target: Target, detail: str) -> str:
             "endpoint needs this machine inside the VPC, or public access enabled), then run: " + rerun_command(ctx))
 
 
-def first_line(text: str) -> str:
+def last_line(text: str) -> str:
+    """kubectl prints its error last, after any warnings."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:300] if lines else "no error text"
 
@@ -338,23 +344,31 @@ def run_one(ctx: StageContext, target: Target, command: Command, folder: Path) -
     if ctx.cancel.is_set():
         return Outcome(command, None, 0.0, 0, False, "cancelled")
     output, errors = folder / command.file, folder / f"{command.file}.stderr.txt"
+    timeout = ctx.settings.timeouts.kubectl
     started = time.monotonic()
     with open(output, "wb") as stdout, open(errors, "wb") as stderr:
-        process = subprocess.Popen(target.argv(*command.args), stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
         try:
-            rc: int | None = process.wait(timeout=ctx.settings.timeouts.kubectl)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            rc = None
+            rc = run_to_file(target.argv(*command.args), stdout, stderr, timeout)
+        except OSError as exc:  # kubectl gone or broken since the preflight: this command fails, not the run
+            stderr.write(f"kubectl does not run: {exc}\n".encode())
+            rc = 127
     seconds = time.monotonic() - started
     error_text = errors.read_text(errors="replace")
     if not error_text.strip():
         errors.unlink()
-    timed_out = rc is None
-    error = f"timed out after {ctx.settings.timeouts.kubectl} s" if timed_out else (
-        first_line(error_text) if rc else "")
-    return Outcome(command, rc, seconds, output.stat().st_size, timed_out, error)
+    error = f"timed out after {timeout} s" if rc is None else (last_line(error_text) if rc else "")
+    return Outcome(command, rc, seconds, output.stat().st_size, rc is None, error)
+
+
+def run_to_file(argv: list[str], stdout: Any, stderr: Any, timeout: int) -> int | None:
+    """The command's exit code, or None when it was killed at its timeout."""
+    process = subprocess.Popen(argv, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
