@@ -591,7 +591,8 @@ class NodeSession:
     def as_root(self, body: str, directory: str) -> str:
         return node_command(body, directory, sudo=self.connection.user != "root")
 
-    def execute(self, command: str, step: str, timeout: float, stdin: bytes = b"", pty: bool = False) -> tuple[int, str]:
+    def execute(self, command: str, step: str, timeout: float, stdin: bytes = b"",
+                pty: bool = False) -> tuple[int, str]:
         """Run one command in its own channel; return (exit status, output). A pty ties the command's
         life to the channel: closing it (Ctrl-C, timeout) hangs the command up, as an SSM session does."""
         self.log.write(f"# {step}\n")
@@ -629,6 +630,7 @@ class NodeSession:
             ended = not data
             text = decoder.decode(data, final=ended)
             self.log.write(text)
+            self.log.flush()  # a transcript can be followed while a long script runs
             output = (output + text)[-OUTPUT_KEEP_CHARS:]
 
     def sftp(self) -> paramiko.SFTPClient:
