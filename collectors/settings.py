@@ -27,7 +27,7 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "sandbox": (False, "sandbox mode: refuse every AWS endpoint that is not on loopback"),
     "sandbox_dir": (None, "where the local emulated HyperPod keeps its state"),
     "presign_expiry": (7200, "seconds a presigned script/upload URL stays valid"),
-    "session_mode": ("attached", "detached: sessions only launch the node script; attached: wait in the session"),
+    "session_mode": ("detached", "detached: sessions only launch the node script; attached: wait in the session"),
     "session_client": ("direct", "direct: boto3 StartSession + session-manager-plugin; cli: aws ssm start-session"),
     "session_rate": (2.5, "StartSession calls per second at most (AWS allows about 3 per account)"),
     "session_attempts": (3, "sessions tried per node when a launch fails or drops (throttling aside)"),
@@ -156,7 +156,7 @@ class Settings:
     sandbox: bool = False
     sandbox_dir: str | None = None
     presign_expiry: int = 7200
-    session_mode: str = "attached"
+    session_mode: str = "detached"
     session_client: str = "direct"
     session_rate: float = 2.5
     session_attempts: int = 3

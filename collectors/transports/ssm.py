@@ -215,12 +215,13 @@ class Conversation:
                              result=parse_result_line(output))
 
     def _launch_detached(self) -> SessionResult:
-        # `setsid -w` keeps a waiting parent in our job table (so `kill -0`/`wait` see the script)
+        # `setsid -w` keeps a waiting parent in our job table (so `kill -0`/`wait` see the script,
+        # and a script that dies at once, e.g. on bad input, is caught within the short sleep)
         # while the script itself runs in a new session that outlives this one.
         self.child.sendline(
             f"S=__hpc_; T=launched_{self.nonce}__; if {FETCH}; then "
             f"setsid -w nohup sh -c {shlex.quote(RUN_DETACHED)} hpc-collector \"$d\" >/dev/null 2>&1 </dev/null & "
-            f'p=$!; sleep 1; if kill -0 "$p" 2>/dev/null; then echo "$S$T:$p"; '
+            f'p=$!; sleep 0.3; if kill -0 "$p" 2>/dev/null; then echo "$S$T:$p"; '
             f'else wait "$p"; r=$?; tail -n 5 "$d.log" 2>/dev/null; echo "$S$T:exited$r"; fi; '
             f'else echo "$S$T:fetch"; fi')
         failure = self._wait(self._marker("launched", r"(\d+|exited\d+|fetch)"), self.timeouts.session_prompt,

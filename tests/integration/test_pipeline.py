@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,7 +32,7 @@ def cluster(sandbox_factory):
 
 
 def invoke(env: dict, runs: Path, *args: str, stdin: str | None = None, timeout: float = 240):
-    full_env = dict(os.environ, **env, INVOKE_HYPERPOD_RUNS_DIR=str(runs))
+    full_env = dict(os.environ, **env, INVOKE_HYPERPOD_RUNS_DIR=str(runs), INVOKE_HYPERPOD_POLL_INTERVAL="1")
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         full_env.pop(name, None)
     return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=PROJECT, env=full_env, input=stdin,
@@ -180,19 +181,18 @@ def test_no_secret_reaches_transcripts_summary_or_bundles(cluster, tmp_path):
     assert literal == [b"$HOME `id` \"q\"\n"]
 
 
-def test_ctrl_c_leaves_a_consistent_state_and_run_resumes(cluster, tmp_path):
+def test_ctrl_c_leaves_a_consistent_state_and_run_resumes_without_collecting_twice(cluster, tmp_path):
     sandbox, status, env = cluster
-    first = invoke(env, tmp_path, "discover")
-    assert first.returncode == 0
-    for stage in ("render", "upload"):
-        assert invoke(env, tmp_path, stage, *(["--command", "sleep 3"] if stage == "render" else [])).returncode == 0
-    full_env = dict(os.environ, **env, INVOKE_HYPERPOD_RUNS_DIR=str(tmp_path))
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "run", "--max-workers", "1"], cwd=PROJECT,
-                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert invoke(env, tmp_path, "discover").returncode == 0
+    assert invoke(env, tmp_path, "render", "--command", "sleep 4").returncode == 0
+    assert invoke(env, tmp_path, "upload").returncode == 0
+    full_env = dict(os.environ, **env, INVOKE_HYPERPOD_RUNS_DIR=str(tmp_path), INVOKE_HYPERPOD_POLL_INTERVAL="1")
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "run", "--max-workers", "1", "--session-rate", "0.5"],
+                            cwd=PROJECT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state_path = tmp_path / status["cluster"] / "latest" / "state.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if any(n["status"] == "ok" for n in json.loads(state_path.read_text())["nodes"].values()):
+        if any(n["status"] == "running" for n in json.loads(state_path.read_text())["nodes"].values()):
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
@@ -200,8 +200,21 @@ def test_ctrl_c_leaves_a_consistent_state_and_run_resumes(cluster, tmp_path):
     assert proc.returncode == 130, stderr
     assert TRACEBACK not in stderr
     nodes = json.loads(state_path.read_text())["nodes"].values()
-    assert {n["status"] for n in nodes} <= {"ok", "pending", "interrupted"}
-    assert 1 <= sum(n["status"] == "ok" for n in nodes) < 4
-    resumed = invoke(env, tmp_path, "run")
+    assert {n["status"] for n in nodes} <= {"ok", "running", "pending", "interrupted"}
+    assert 1 <= sum(n["status"] in ("ok", "running") for n in nodes) < 4, "Ctrl-C came before or after every launch"
+    resumed = invoke(env, tmp_path, "run", stdin="")
     assert resumed.returncode == 0, resumed.stderr
     assert {n["status"] for n in latest_state(tmp_path, status["cluster"])["nodes"].values()} == {"ok"}
+    for transcript in (tmp_path / status["cluster"] / "latest" / "transcripts").glob("*.log"):
+        launches = re.findall(r"__hpc_launched_\w+__:\w+", transcript.read_text())
+        assert len(launches) == 1, f"{transcript.name} launched {len(launches)} times"
+
+
+def test_attached_sessions_and_the_cli_client_collect_the_same(cluster, tmp_path):
+    sandbox, status, env = cluster
+    result = invoke(env, tmp_path, "collect", "--session-mode", "attached", "--session-client", "cli",
+                    "--instance-groups", status["nodes"][0]["group"], "--no-download")
+    assert result.returncode == 0, result.stderr
+    nodes = latest_state(tmp_path, status["cluster"])["nodes"].values()
+    assert nodes and {n["status"] for n in nodes} == {"ok"}
+    assert all(n["bytes"] > 0 and len(n["sha256"]) == 64 for n in nodes)

@@ -1,0 +1,102 @@
+"""The runner under the sandbox's faults, through the real `invoke` command line.
+
+Throttled StartSession, dropped and idle-timed-out sessions, unreachable nodes, retries:
+each shown to the real clients (boto3 StartSession + the plugin, real shells, real curl).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[2]
+COLLECTED = {"ok", "ok_with_errors"}
+
+
+@pytest.fixture(scope="module")
+def cluster(sandbox_factory):
+    from collectors.sandbox import SandboxSpec
+
+    return sandbox_factory(SandboxSpec.simple(type="eks", nodes=4))
+
+
+@pytest.fixture
+def faults(cluster):
+    """Faults armed by a test are put back afterwards, so tests do not leak into each other."""
+    sandbox, status, env = cluster
+    yield sandbox
+    sandbox.set_faults(start_session_rate=None, idle_timeout=None)
+    for node in status["nodes"]:
+        sandbox.set_node_faults(node["instance_id"], target_not_connected=None, session_drop_after=None)
+
+
+def invoke(env: dict, runs: Path, *args: str) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, **env, INVOKE_HYPERPOD_RUNS_DIR=str(runs), INVOKE_HYPERPOD_POLL_INTERVAL="1")
+    full_env.pop("AWS_PROFILE", None)
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=PROJECT, env=full_env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def run_state(runs: Path, status: dict) -> dict:
+    return json.loads((runs / status["cluster"] / "latest" / "state.json").read_text())
+
+
+def launches(runs: Path, status: dict, instance_id: str) -> int:
+    """Sessions that confirmed a launch on this node (each one leaves its marker in the transcript)."""
+    transcript = runs / status["cluster"] / "latest" / "transcripts" / f"{instance_id}.log"
+    return len(re.findall(r"__hpc_launched_\w+__:\d+", transcript.read_text())) if transcript.exists() else 0
+
+
+def test_every_node_is_collected_under_a_start_session_limit(cluster, faults, tmp_path):
+    sandbox, status, env = cluster
+    faults.set_faults(start_session_rate=1)  # AWS-like: more than 1 StartSession per second is throttled
+    result = invoke(env, tmp_path, "collect", "--session-rate", "20", "--no-download")
+    assert result.returncode == 0, result.stderr
+    state = run_state(tmp_path, status)
+    assert {n["status"] for n in state["nodes"].values()} <= COLLECTED
+    assert state["stages"]["run"]["throttles"] > 0, "the limit was never hit: the test proves nothing"
+
+
+def test_dropped_and_idle_sessions_lose_no_node_when_detached(cluster, faults, tmp_path):
+    sandbox, status, env = cluster
+    dropped, *others = status["nodes"]
+    faults.set_node_faults(dropped["instance_id"], session_drop_after=3)
+    faults.set_faults(idle_timeout=3)  # a session without input for 3 s is closed, as SSM does after 20 min
+    # The node script takes longer than 3 s, so an attached session dies mid-collection...
+    attached = invoke(env, tmp_path / "attached", "collect", "--session-mode", "attached", "--no-download",
+                      "--nodes", dropped["instance_id"])
+    assert attached.returncode == 1
+    assert run_state(tmp_path / "attached", status)["nodes"][dropped["instance_id"]]["status"] not in COLLECTED
+    # ...while a detached launch is over before the drop, and the script carries on without it.
+    detached = invoke(env, tmp_path / "detached", "collect", "--no-download")
+    assert detached.returncode == 0, detached.stderr
+    nodes = run_state(tmp_path / "detached", status)["nodes"]
+    assert {n["status"] for n in nodes.values()} <= COLLECTED
+    assert all(n["bytes"] > 0 and len(n["sha256"]) == 64 for n in nodes.values())
+
+
+def test_unreachable_nodes_fail_fast_and_retry_failed_touches_only_them(cluster, faults, tmp_path):
+    sandbox, status, env = cluster
+    lost = status["nodes"][2]
+    faults.set_node_faults(lost["instance_id"], target_not_connected=True)
+    first = invoke(env, tmp_path, "collect", "--no-download")
+    assert first.returncode == 1
+    nodes = run_state(tmp_path, status)["nodes"]
+    assert nodes[lost["instance_id"]]["status"] == "unreachable"
+    assert nodes[lost["instance_id"]]["attempts"] == 1, "TargetNotConnected must not be retried"
+    assert "TargetNotConnected" in nodes[lost["instance_id"]]["error"]
+    assert "--retry-failed" in first.stderr
+
+    faults.set_node_faults(lost["instance_id"], target_not_connected=None)
+    again = invoke(env, tmp_path, "run", "--retry-failed")
+    assert again.returncode == 0, again.stderr
+    nodes = run_state(tmp_path, status)["nodes"]
+    assert {n["status"] for n in nodes.values()} <= COLLECTED
+    for node in status["nodes"]:
+        assert launches(tmp_path, status, node["instance_id"]) == 1, node["instance_id"]
