@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from collectors.errors import UsageError
+from collectors.report.literals import required_literals
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 SEVERITIES = ("critical", "high", "warning", "info")
@@ -62,6 +63,8 @@ class Rule:
     source: str = "node"
     files: tuple[str, ...] = ()
     pattern: re.Pattern | None = None
+    # Strings every match contains (literals.py); None: the pattern runs over every line.
+    literals: tuple[bytes, ...] | None = None
     exclude: re.Pattern | None = None
     conditions: tuple[Condition, ...] = ()
     csv: CsvSpec | None = None
@@ -88,6 +91,13 @@ class Fact:
     pattern: re.Pattern | None = None
     csv: CsvSpec | None = None
     counter: bool = False
+    _preferences: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def preference(self, path: str) -> int:
+        """Which of the fact's globs (0 = most preferred) this path matches; cached per path."""
+        if path not in self._preferences:
+            self._preferences[path] = next(i for i, glob in enumerate(self.files) if fnmatch.fnmatchcase(path, glob))
+        return self._preferences[path]
 
 
 @dataclass
@@ -185,6 +195,7 @@ def _rule(item: dict, where: str) -> Rule:
     conditions = _conditions(item.get("when"), captures if (pattern or csv) else set(), here)
     rule = Rule(id=rule_id, title=item["title"], severity=item["severity"], meaning=item["meaning"].strip(),
                 action=item["action"].strip(), source=source, files=files, pattern=pattern,
+                literals=required_literals(pattern) if pattern is not None else None,
                 exclude=_regex(item.get("exclude"), here, "exclude"), conditions=conditions, csv=csv, key=key,
                 test=item.get("test"), params=dict(item.get("params") or {}), cases=_cases(item.get("cases"), here))
     _check_title(rule, here)

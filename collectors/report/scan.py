@@ -14,18 +14,23 @@ import re
 import tarfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
+from itertools import takewhile
 from pathlib import Path
 from typing import IO, Iterator
 
-from collectors.report.catalog import Catalog, CsvSpec, Fact, Rule, load, matches_any
+from collectors.report.catalog import Catalog, CsvSpec, Fact, Rule, load
 from collectors.report.checks import NODE_TESTS, NodeTest
 from collectors.report.model import Evidence, Hit, NodeScan, decode
 
 BLOCK_BYTES = 1 << 20
+# tarfile's stream buffer; its default (10 KB) makes reading a loop of small Python calls.
+TAR_BUFFER = 256 << 10
 # A "line" longer than this (a binary file) is cut into pieces rather than held whole.
 LONGEST_LINE = 8 << 20
 EVIDENCE_PER_HIT = 3
 BUNDLE_NAME_RE = re.compile(r"^(?P<group>.+)_(?P<instance_id>i-[0-9a-f]+)\.tar\.gz$")
+# Past this many lines holding a rule's literal, the regex runs over the whole block instead.
+DENSE_LINES = 64
 # Below this many bundles, starting worker processes costs more than it saves.
 PARALLEL_FROM = 16
 
@@ -50,7 +55,9 @@ def scan_bundle(path: Path, catalog: Catalog) -> NodeScan:
                     group=named["group"] if named else None)
     reader = BundleReader(catalog, scan)
     try:
-        with tarfile.open(path, mode="r|gz") as tar:
+        # gzip.open inflates in bounded steps; tarfile's own "r|gz" inflates each read whole, which
+        # for a log that compresses 40 times makes a small read a large buffer.
+        with gzip.open(path) as unpacked, tarfile.open(fileobj=unpacked, mode="r|", bufsize=TAR_BUFFER) as tar:
             for member in tar:
                 if member.isfile() and "/" in member.name:
                     reader.read_member(member.name.split("/", 1)[1], tar.extractfile(member))
@@ -143,23 +150,58 @@ def blocks(source: IO[bytes]) -> Iterator[bytes]:
 
 
 def match_pattern(rule: Rule, block: bytes, line_base: int, file_hits: FileHits) -> None:
-    last_line_start, counted_to, line_number = -1, 0, line_base + 1
-    for match in rule.pattern.finditer(block):
-        if b"\n" in match.group(0):
-            continue  # evidence is one line; a match across lines is not one
-        start = block.rfind(b"\n", 0, match.start()) + 1
-        if start == last_line_start:
-            continue  # one hit per line, however many times the pattern occurs in it
-        end = block.find(b"\n", match.end())
-        line = block[start:end if end >= 0 else len(block)]
+    """Each line is searched on its own (a match never spans lines); only lines that may match are
+    searched at all. One hit per line: the first match that passes `when`."""
+    counted_to, line_number = 0, line_base + 1
+    for start, end in candidate_lines(rule, block):
         line_number += block.count(b"\n", counted_to, start)
-        counted_to, last_line_start = start, start
+        counted_to = start
+        line = block[start:end]
         if rule.exclude is not None and rule.exclude.search(line):
             continue
-        if not all(condition.holds(match.group(condition.group)) for condition in rule.conditions):
-            continue
-        key = decode(match.group(rule.key)) if rule.key and match.group(rule.key) is not None else None
-        file_hits.add(rule.id, key, line_number, line)
+        for match in rule.pattern.finditer(block, start, end):
+            if all(condition.holds(match.group(condition.group)) for condition in rule.conditions):
+                key = decode(match.group(rule.key)) if rule.key and match.group(rule.key) is not None else None
+                file_hits.add(rule.id, key, line_number, line)
+                break
+
+
+def candidate_lines(rule: Rule, block: bytes) -> list[tuple[int, int]]:
+    """(start, end) of the lines that may match, in order: those that hold one of the rule's literals,
+    or, where the literals are on most lines (nvlink -e) or unknown, those where the regex matches."""
+    starts = literal_lines(rule.literals, block) if rule.literals else None
+    if starts is None:
+        starts = set()
+        for match in rule.pattern.finditer(block):
+            # A match across lines may hide a real one inside the lines it covers: try each of them.
+            first, last = block.rfind(b"\n", 0, match.start()) + 1, block.rfind(b"\n", 0, match.end()) + 1
+            starts.update(takewhile(lambda start: start <= last, line_starts(block, first)))
+    return [(start, line_end(block, start)) for start in sorted(starts)]
+
+
+def literal_lines(literals: tuple[bytes, ...], block: bytes) -> set[int] | None:
+    """Starts of the lines holding a literal; None when there are so many that a pass of the regex
+    over the block is cheaper than searching them one by one."""
+    starts: set[int] = set()
+    for literal in literals:
+        at = block.find(literal)
+        while at >= 0:
+            starts.add(block.rfind(b"\n", 0, at) + 1)
+            if len(starts) > DENSE_LINES:
+                return None
+            at = block.find(literal, line_end(block, at))
+    return starts
+
+
+def line_starts(block: bytes, start: int = 0) -> Iterator[int]:
+    while start < len(block):
+        yield start
+        start = line_end(block, start) + 1
+
+
+def line_end(block: bytes, position: int) -> int:
+    end = block.find(b"\n", position)
+    return len(block) if end < 0 else end
 
 
 def match_csv_row(rule: Rule, row: dict[str, bytes], number: int, line: bytes, file_hits: FileHits) -> None:
@@ -246,29 +288,27 @@ class FactValues:
             slot = self._slot(fact, path)
             if fact.take == "first" and slot["values"]:
                 continue
+            has_value = "value" in fact.pattern.groupindex
             for match in fact.pattern.finditer(block):
-                value = match.group("value") if "value" in fact.pattern.groupindex else b""
-                line_start = block.rfind(b"\n", 0, match.start()) + 1
-                line_end = block.find(b"\n", match.start())
-                self._add(slot, fact, value, path, line_base + block.count(b"\n", 0, line_start) + 1,
-                          block[line_start:line_end if line_end >= 0 else len(block)])
+                slot["values"].append(decode(match.group("value")).strip() if has_value else "")
+                if slot["evidence"] is None:  # the line number is counted once, for the first value only
+                    start = block.rfind(b"\n", 0, match.start()) + 1
+                    number = line_base + block.count(b"\n", 0, start) + 1
+                    slot["evidence"] = Evidence.of_line(path, number, block[start:line_end(block, match.start())])
                 if fact.take == "first":
                     break
 
     def add_csv(self, fact: Fact, path: str, row: dict[str, bytes], number: int, line: bytes) -> None:
         value = csv_sum(fact.csv, row)
         if value is not None:
-            self._add(self._slot(fact, path), fact, str(int(value)).encode(), path, number, line)
+            slot = self._slot(fact, path)
+            slot["values"].append(str(int(value)))
+            if slot["evidence"] is None:
+                slot["evidence"] = Evidence.of_line(path, number, line)
 
     def _slot(self, fact: Fact, path: str) -> dict:
-        preference = next(i for i, glob in enumerate(fact.files) if matches_any(path.removesuffix(".gz"), (glob,)))
-        return self.found.setdefault((fact.name, preference), {"values": [], "evidence": None})
-
-    @staticmethod
-    def _add(slot: dict, fact: Fact, value: bytes, path: str, number: int, line: bytes) -> None:
-        slot["values"].append(decode(value).strip())
-        if slot["evidence"] is None:
-            slot["evidence"] = Evidence.of_line(path, number, line)
+        return self.found.setdefault((fact.name, fact.preference(path.removesuffix(".gz"))),
+                                     {"values": [], "evidence": None})
 
     def store(self, scan: NodeScan) -> None:
         for (name, _), slot in sorted(self.found.items(), key=lambda item: item[0][1]):
