@@ -259,11 +259,18 @@ def _sandbox(ctx) -> Sandbox:
     return Sandbox(Path(root) if root else default_root())
 
 
-@task(help={"type": "eks or slurm (default eks)", "nodes": "how many nodes (default 4, in two instance groups)"})
+SANDBOX_HELP = {
+    "type": "eks or slurm (default eks)",
+    "nodes": "how many nodes (default 4, in two instance groups)",
+    "scenario": "a scenario file (YAML, see docs/scenarios.md) instead of --type/--nodes",
+}
+
+
+@task(help=SANDBOX_HELP)
 @reports_errors
-def sandbox_up(ctx, type="eks", nodes=4):
+def sandbox_up(ctx, type=None, nodes=None, scenario=None):
     """Start a local emulated HyperPod cluster (AWS APIs, nodes, sessions) on loopback."""
-    status = _sandbox(ctx).up(SandboxSpec.simple(type=_cluster_type(type), nodes=int(nodes)))
+    status = _sandbox(ctx).up(_sandbox_spec(type, nodes, scenario))
     console.log(f"sandbox up: {status['type']} cluster {status['cluster']} with {len(status['nodes'])} nodes, "
                 f"S3 path {status['s3_path']}")
     console.log('point your shell at it with: eval "$(invoke sandbox.env)"')
@@ -306,15 +313,14 @@ def sandbox_env(ctx):
         console.out(f"export {name}={shlex.quote(value)}")
 
 
-@task(help={"type": "eks or slurm (default eks)", "nodes": "how many nodes (default 4, in two instance groups)",
-            "keep": "leave the sandbox running afterwards (take it down with `invoke sandbox.down`)"})
+@task(help={**SANDBOX_HELP, "keep": "leave the sandbox running afterwards (take it down with `invoke sandbox.down`)"})
 @reports_errors
-def demo(ctx, type="eks", nodes=4, keep=False):
+def demo(ctx, type=None, nodes=None, scenario=None, keep=False):
     """The whole job on a local emulated HyperPod: sandbox up, collect, download, summary, sandbox down."""
     sandbox = _sandbox(ctx)
     if sandbox.is_up():
         raise UsageError("a sandbox is already up: take it down with `invoke sandbox.down`, or use it directly")
-    status = sandbox.up(SandboxSpec.simple(type=_cluster_type(type), nodes=int(nodes)))
+    status = sandbox.up(_sandbox_spec(type, nodes, scenario))
     try:
         return _demo_collect(ctx, sandbox, status)
     finally:
@@ -334,6 +340,18 @@ def _demo_collect(ctx, sandbox: Sandbox, status: dict[str, Any]) -> int:
     code = pipeline.collect(settings, {"download": True})
     console.log(f"demo: results are in {settings.runs_dir.resolve() / status['cluster']}/latest/results")
     return code
+
+
+def _sandbox_spec(type: str | None, nodes: str | None, scenario: str | None) -> SandboxSpec:
+    if scenario:
+        if type is not None or nodes is not None:
+            raise UsageError("use either --scenario or --type/--nodes, not both")
+        return SandboxSpec.from_scenario(scenario)
+    try:
+        node_count = int(nodes or 4)
+    except ValueError:
+        raise UsageError(f"--nodes must be a whole number, got {nodes!r}") from None
+    return SandboxSpec.simple(type=_cluster_type(type or "eks"), nodes=node_count)
 
 
 def _cluster_type(value: str) -> str:

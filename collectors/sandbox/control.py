@@ -1,9 +1,11 @@
 """Start, inspect and stop the local emulated HyperPod (the sandbox).
 
 `Sandbox(root).up(spec)` starts the patched moto server (server.py), creates the S3 bucket and the
-HyperPod cluster through the real API, starts one namespace node per cluster node (nodes.py) and puts
-the stand-in session-manager-plugin (plugin.py) in ROOT/bin. Every process is recorded in ROOT by PID
-and start time, so a later process (`invoke sandbox.down`) can stop exactly those.
+HyperPod cluster through the real API, starts one namespace node per cluster node (nodes.py), the
+nodes' services, arms the scenario's faults and puts the stand-in session-manager-plugin (plugin.py)
+in ROOT/bin. A spec comes from flags (`SandboxSpec.simple`) or a scenario file
+(`SandboxSpec.from_scenario`, docs/scenarios.md). Every process is recorded in ROOT by PID and start
+time, so a later process (`invoke sandbox.down`) can stop exactly those.
 """
 
 import json
@@ -27,19 +29,26 @@ from collectors.sandbox.nodes import (
     Node,
     is_same_process,
     kill_if_same,
+    namespaces_problem,
     node_shell_env,
     nsenter_command,
     process_identity,
     read_init_pid,
+    read_init_pids,
     read_process_record,
     record_process,
     start_nodes,
     stop_nodes,
     wait_until_gone,
 )
+from collectors.sandbox.scenario import (
+    NODE_FAULT_DEFAULTS,
+    SCENARIO_FAULT_DEFAULTS,
+    check_scenario,
+    load_scenario,
+    node_settings,
+)
 
-CLUSTER_TYPES = ("eks", "slurm")
-SHELLS = ("sh", "bash")
 MARKER_FILE = ".hyperpod-collect-sandbox"
 REPORTS_PREFIX = "hyperpod-issue-reports"
 ACCOUNT_ID = "123456789012"  # moto's default account
@@ -54,6 +63,8 @@ class GroupSpec:
     name: str
     instance_type: str
     count: int
+    role: str = "worker"  # Slurm: "controller" for the group whose node runs slurmctld
+    fixture: str = "healthy"  # the fixture pack of the group's nodes (docs/scenarios.md)
 
 
 def default_groups() -> list[GroupSpec]:
@@ -68,6 +79,9 @@ class SandboxSpec:
     bucket: str = "hyperpod-sandbox-reports"
     region: str = "us-west-2"
     shell: str = "sh"
+    # Per-node settings of a scenario, keyed "<group>/<index>", and its scenario-wide faults.
+    node_settings: dict[str, dict] = field(default_factory=dict)
+    faults: dict = field(default_factory=lambda: dict(SCENARIO_FAULT_DEFAULTS))
 
     @classmethod
     def simple(cls, type: str = "eks", nodes: int = 4) -> "SandboxSpec":
@@ -83,17 +97,37 @@ class SandboxSpec:
         ]
         return cls(type=type, groups=groups)
 
+    @classmethod
+    def from_scenario(cls, source: "str | Path | dict") -> "SandboxSpec":
+        """A spec from a scenario file (docs/scenarios.md) or its parsed dict; SandboxError when bad."""
+        scenario = load_scenario(source)
+        groups = [
+            GroupSpec(group["name"], group["instance_type"], group["count"], group.get("role", "worker"),
+                      group.get("fixture", "healthy"))
+            for group in scenario["instance_groups"]
+        ]
+        optional = {key: scenario[key] for key in ("region", "shell", "bucket") if key in scenario}
+        return cls(cluster=scenario["cluster"], type=scenario["type"], groups=groups,
+                   node_settings=scenario["nodes"], faults=scenario["faults"], **optional)
+
+    def as_scenario(self) -> dict:
+        """The spec in the scenario format, so flags and files are checked by the same rules."""
+        return {
+            "cluster": self.cluster, "type": self.type, "region": self.region, "shell": self.shell,
+            "bucket": self.bucket, "nodes": self.node_settings, "faults": self.faults,
+            "instance_groups": [
+                {"name": group.name, "instance_type": group.instance_type, "count": group.count,
+                 "role": group.role, "fixture": group.fixture}
+                for group in self.groups
+            ],
+        }
+
     def validate(self) -> None:
-        if self.type not in CLUSTER_TYPES:
-            raise SandboxError(f"sandbox type must be one of {CLUSTER_TYPES}, not {self.type!r}")
-        if self.shell not in SHELLS:
-            raise SandboxError(f"sandbox shell must be one of {SHELLS}, not {self.shell!r}")
-        if not self.groups:
-            raise SandboxError("a sandbox needs at least one instance group")
-        for group in self.groups:
-            # SSM targets are `{cluster-id}_{group}-{instance-id}`: a `_` in a group name is ambiguous.
-            if not group.name or "_" in group.name or group.count < 1:
-                raise SandboxError(f"bad instance group {group}: a name without `_` and a count of 1 or more")
+        check_scenario(self.as_scenario())
+
+    def node_settings_for(self, group_name: str, index: int) -> dict:
+        group = next(group for group in self.groups if group.name == group_name)
+        return node_settings(self.node_settings, {"name": group.name, "fixture": group.fixture}, index)
 
 
 def default_root() -> Path:
@@ -185,40 +219,36 @@ def list_all_nodes(sagemaker, cluster_name: str) -> list[dict]:
     return [summary for page in pages for summary in page["ClusterNodeSummaries"]]
 
 
-def create_cluster(spec: SandboxSpec, clients: dict) -> ClusterFacts:
+def create_cluster(spec: SandboxSpec, clients: dict) -> tuple[ClusterFacts, dict[str, dict]]:
+    """The cluster, and each node's scenario settings by instance id."""
     create_bucket(spec, clients["s3"])
     arn = clients["sagemaker"].create_cluster(
         ClusterName=spec.cluster,
         InstanceGroups=[instance_group_request(spec, group) for group in spec.groups],
         VpcConfig={"SecurityGroupIds": SECURITY_GROUP_IDS, "Subnets": SUBNET_IDS},
         Orchestrator=create_orchestrator(spec, clients),
+        NodeRecovery="Automatic",
     )["ClusterArn"]
-    nodes = [
-        Node(
+    nodes, settings = [], {}
+    index_in_group: dict[str, int] = {}
+    # Listed in creation order, so the n-th node of a group is the scenario's "<group>/<n>".
+    for summary in list_all_nodes(clients["sagemaker"], spec.cluster):
+        group = summary["InstanceGroupName"]
+        index = index_in_group[group] = index_in_group.get(group, -1) + 1
+        settings[summary["InstanceId"]] = spec.node_settings_for(group, index)
+        nodes.append(Node(
             instance_id=summary["InstanceId"],
-            group=summary["InstanceGroupName"],
+            group=group,
             instance_type=summary["InstanceType"],
             ip=ip_from_hostname(summary["PrivateDnsHostname"]),
             fqdn=summary["PrivateDnsHostname"],
-        )
-        for summary in list_all_nodes(clients["sagemaker"], spec.cluster)
-    ]
-    return ClusterFacts(name=spec.cluster, arn=arn, region=spec.region, type=spec.type, nodes=nodes)
+            pack=settings[summary["InstanceId"]]["fixture"],
+        ))
+    return ClusterFacts(name=spec.cluster, arn=arn, region=spec.region, type=spec.type, nodes=nodes), settings
 
 
 # ---------------------------------------------------------------------------------------------
 # The sandbox
-
-
-def namespaces_available() -> bool:
-    """Root may create mount, UTS and PID namespaces here (not in every container)."""
-    if os.geteuid() != 0:
-        return False
-    try:
-        probe = ["unshare", "--mount", "--uts", "--pid", "--fork", "true"]
-        return subprocess.run(probe, capture_output=True).returncode == 0
-    except FileNotFoundError:
-        return False
 
 
 def plugin_wrapper(root: Path) -> str:
@@ -272,11 +302,9 @@ class Sandbox:
         if self.is_up():
             raise SandboxError(f"a sandbox is already up in {self.root}; run `invoke sandbox.down` first")
         self.down()  # leftovers of a sandbox that crashed
-        if not namespaces_available():
-            raise SandboxError(
-                "the sandbox needs root and Linux mount, UTS and PID namespaces (util-linux `unshare`); "
-                "they are not available here"
-            )
+        problem = namespaces_problem()
+        if problem:
+            raise SandboxError(problem)
         try:
             return self.start(spec)
         except BaseException as error:
@@ -291,16 +319,28 @@ class Sandbox:
         clients = {
             service: sandbox_client(service, endpoint, spec.region, self.root) for service in ("s3", "eks", "sagemaker")
         }
-        cluster = create_cluster(spec, clients)
+        cluster, settings = create_cluster(spec, clients)
+        for instance_id, node in settings.items():
+            if node["status"] != "Running":
+                self.post_node_status(spec.cluster, spec.region, instance_id, node["status"], node["message"])
         self.started += start_nodes(self.root, cluster).values()
-        status = self.initial_status(spec, cluster, endpoint)
+        status = self.initial_status(spec, cluster, endpoint, settings)
+        # The nodes' services start here, with the status dict, once the nodes are up; each adds its
+        # keys to the status.
         status.update(start_node_services(self.root, status))  # Slurm and sshd, once the nodes are up
         if status["type"] == "eks":
             from collectors.sandbox.kube import start_kube  # when used: the plugin imports this module per session
 
             status["kubernetes"] = start_kube(self.root, status)  # the API server real kubectl talks to
-        self.status_file.write_text(json.dumps(status, indent=2) + "\n")
+        # Faults last, so a slow or hung command never gets in the way of starting the services.
+        node_faults = {iid: node["faults"] for iid, node in settings.items() if node["faults"] != NODE_FAULT_DEFAULTS}
+        self.post_faults({"faults": spec.faults, "nodes": node_faults})
+        self.write_json(self.status_file, status)
         return status
+
+    @staticmethod
+    def write_json(path: Path, data: dict) -> None:
+        path.write_text(json.dumps(data, indent=2) + "\n")
 
     def create_root(self) -> None:
         self.root.mkdir(parents=True, mode=0o700)
@@ -373,18 +413,24 @@ class Sandbox:
         return json.loads(self.status_file.read_text())
 
     def status(self) -> dict:
-        """The recorded status, with each node's API status now and its PID 1 (None once it is gone)."""
+        """The recorded status, with each node's API status, PID 1 (None once it is gone) and faults now."""
         status = self.recorded_status()
         sagemaker = sandbox_client("sagemaker", status["endpoint"], status["region"], self.root)
         nodes_now = list_all_nodes(sagemaker, status["cluster"])
         live = {node["InstanceId"]: node["InstanceStatus"]["Status"] for node in nodes_now}
+        faults = self.faults()
+        status["faults"] = faults["faults"]
+        init_pids = read_init_pids(self.root)
         for node in status["nodes"]:
             node["status"] = live.get(node["instance_id"], "NotFound")
-            node["init_pid"] = read_init_pid(self.root, node["instance_id"])
+            node["init_pid"] = init_pids.get(node["instance_id"])
+            node["scenario"]["faults"] = faults["nodes"].get(node["instance_id"], dict(NODE_FAULT_DEFAULTS))
         return status
 
-    def initial_status(self, spec: SandboxSpec, cluster: ClusterFacts, endpoint: str) -> dict:
+    def initial_status(self, spec: SandboxSpec, cluster: ClusterFacts, endpoint: str, settings: dict) -> dict:
         server_pid = read_process_record(self.root)["server"][0]
+        roles = {group.name: group.role for group in spec.groups}
+        init_pids = read_init_pids(self.root)
         return {
             "cluster": cluster.name,
             "cluster_arn": cluster.arn,
@@ -397,6 +443,7 @@ class Sandbox:
             "server_pid": server_pid,
             "root": str(self.root),
             "shell": spec.shell,
+            "faults": spec.faults,
             "nodes": [
                 {
                     "instance_id": node.instance_id,
@@ -404,8 +451,10 @@ class Sandbox:
                     "instance_type": node.instance_type,
                     "hostname": node.hostname,
                     "ip": node.ip,
-                    "init_pid": read_init_pid(self.root, node.instance_id),
-                    "status": "Running",
+                    "init_pid": init_pids[node.instance_id],
+                    "status": settings[node.instance_id]["status"],
+                    "role": roles[node.group],
+                    "scenario": settings[node.instance_id],
                 }
                 for node in cluster.nodes
             ],
@@ -436,26 +485,52 @@ class Sandbox:
 
     # -- changing and using nodes -----------------------------------------------------------
 
-    def set_node_status(self, instance_id: str, status: str, message: str = "") -> None:
-        sandbox = self.recorded_status()
-        body = {
-            "cluster": sandbox["cluster"],
-            "region": sandbox["region"],
-            "instance": instance_id,
-            "status": status,
-            "message": message,
-        }
+    def control(self, method: str, path: str, body: dict | None = None) -> dict | list:
+        """A request to the server's control API (/_emu/...); SandboxError with its reason when refused."""
+        endpoint = json.loads((self.root / "server.json").read_text())["endpoint"]
+        data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(
-            f"{sandbox['endpoint']}/_emu/node-status", data=json.dumps(body).encode(), method="POST",
-            headers={"Content-Type": "application/json"},
+            f"{endpoint}{path}", data=data, method=method, headers={"Content-Type": "application/json"},
         )
         # No proxy handler: the request must go straight to the loopback server.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
-            opener.open(request, timeout=10).close()
+            with opener.open(request, timeout=60) as response:
+                return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
             reason = error.read().decode(errors="replace")
-            raise SandboxError(f"cannot set {instance_id} to {status}: {reason}") from error
+            try:
+                reason = json.loads(reason)["error"]
+            except (ValueError, KeyError, TypeError):
+                pass
+            raise SandboxError(f"sandbox control {method} {path}: {reason}") from error
+
+    def set_node_status(self, instance_id: str, status: str, message: str = "") -> None:
+        """Change a node's HyperPod InstanceStatus (as ListClusterNodes and DescribeClusterNode show it)."""
+        sandbox = self.recorded_status()
+        self.post_node_status(sandbox["cluster"], sandbox["region"], instance_id, status, message)
+
+    def post_node_status(self, cluster: str, region: str, instance_id: str, status: str, message: str) -> None:
+        self.control("POST", "/_emu/node-status", {
+            "cluster": cluster, "region": region, "instance": instance_id, "status": status, "message": message,
+        })
+
+    # -- faults (docs/scenarios.md): what the scenario armed, changed at run time ---------------
+
+    def faults(self) -> dict:
+        """{"faults": scenario-wide faults, "nodes": {instance id: that node's faults}}, as they are now."""
+        return self.control("GET", "/_emu/faults")
+
+    def post_faults(self, change: dict) -> dict:
+        return self.control("POST", "/_emu/faults", change)
+
+    def set_faults(self, **faults) -> dict:
+        """Change scenario-wide faults, e.g. `set_faults(start_session_rate=1)`; None puts one back."""
+        return self.post_faults({"faults": faults})["faults"]
+
+    def set_node_faults(self, instance_id: str, **faults) -> dict:
+        """Change one node's faults, e.g. `set_node_faults(iid, hang=["nvidia-smi"])`; None puts one back."""
+        return self.post_faults({"nodes": {instance_id: faults}})["nodes"][instance_id]
 
     def node_exec(self, instance_id: str, argv: list[str]) -> subprocess.CompletedProcess:
         """Run `argv` as root inside a node, with a node shell's clean environment."""

@@ -7,6 +7,12 @@ ignores Ctrl-C/Ctrl-\\/Ctrl-Z itself (they reach the remote foreground job throu
 the remote shell its own pseudo-terminal. The remote end is `nsenter` into the node named by the
 request's Target; no network is involved.
 
+Faults (docs/scenarios.md, read from ROOT/faults.json when the session starts) act here, where the
+real service would act on the session: `session_drop_after` closes the session after N seconds, as
+when the agent's side goes away; `idle_timeout` closes it after N seconds without input from the
+client, with the real service's message; `line_limit` truncates typed lines as a terminal in
+canonical mode does (the first limit-1 bytes and the end of line are kept).
+
 Run through ROOT/bin/session-manager-plugin, a wrapper that passes `--root ROOT` first.
 """
 
@@ -19,20 +25,28 @@ import select
 import signal
 import sys
 import termios
+import time
 import tty
+from dataclasses import dataclass
 from pathlib import Path
 
 from collectors.sandbox.nodes import node_shell_env, nsenter_command, read_init_pid
+from collectors.sandbox.scenario import NODE_FAULT_DEFAULTS, SCENARIO_FAULT_DEFAULTS
 
 PLUGIN_VERSION = "1.2.707.0"
 RESPONSE_ENV_VAR = "AWS_SSM_START_SESSION_RESPONSE"
 USER_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP)
 SHELLS = {
-    "sh": ["sh"],  # dash, as on Ubuntu HyperPod nodes
+    "sh": ["/bin/sh"],  # dash, as on Ubuntu HyperPod nodes
     # bash started as `sh`, as on AL2023 nodes: POSIX mode, no rc files, prompt `sh-5.2#`.
-    "bash": ["bash", "-c", "exec -a sh bash"],
+    "bash": ["/bin/bash", "-c", "exec -a sh /bin/bash"],
 }
 SUPPORTED_DOCUMENTS = (None, "SSM-SessionManagerRunShell")
+IDLE_MESSAGE = "Your session timed out due to inactivity and has been terminated."
+# What a terminal in canonical mode does with input bytes: these end (or throw away) the line.
+LINE_ENDS = frozenset(b"\n\r\x04\x03\x15")
+ERASE = frozenset(b"\x7f\x08")
+HANGUP_GRACE_S = 5.0
 
 
 class SessionError(Exception):
@@ -54,16 +68,30 @@ def instance_id_from_target(target: str) -> str:
     return "i-" + tail
 
 
-def node_shell_command(root: Path, request: dict) -> list[str]:
-    if request.get("DocumentName") not in SUPPORTED_DOCUMENTS:
-        raise SessionError(f"the sandbox plugin does not emulate document {request['DocumentName']}")
-    instance_id = instance_id_from_target(request.get("Target", ""))
+@dataclass(frozen=True)
+class SessionFaults:
+    drop_after_s: float | None
+    idle_timeout_s: float | None
+    line_limit: int | None
+
+
+def session_faults(root: Path, instance_id: str) -> SessionFaults:
+    try:
+        faults = json.loads((root / "faults.json").read_text())
+    except (OSError, ValueError):
+        faults = {"faults": SCENARIO_FAULT_DEFAULTS, "nodes": {}}
+    scenario = faults["faults"]
+    node = faults["nodes"].get(instance_id, NODE_FAULT_DEFAULTS)
+    return SessionFaults(node["session_drop_after"], scenario["idle_timeout"], scenario["line_limit"])
+
+
+def node_shell_command(root: Path, instance_id: str) -> list[str]:
     init_pid = read_init_pid(root, instance_id)
     if init_pid is None:
         raise SessionError(f"sandbox node {instance_id} is not running")
     sandbox = json.loads((root / "sandbox.json").read_text())
     term = os.environ.get("TERM") or "xterm"
-    return nsenter_command(init_pid) + ["setsid", "--ctty"] + node_shell_env(term) + SHELLS[sandbox["shell"]]
+    return nsenter_command(init_pid) + ["/usr/bin/setsid", "--ctty"] + node_shell_env(term) + SHELLS[sandbox["shell"]]
 
 
 def copy_window_size(source_fd: int, target_fd: int) -> None:
@@ -94,8 +122,55 @@ def drain(master_fd: int) -> None:
         write_all(sys.stdout.fileno(), data)
 
 
-def relay(child_pid: int, master_fd: int, stdin_is_tty: bool) -> None:
-    """Copy bytes both ways until the remote shell exits.
+class LineLimit:
+    """Drops typed bytes past `limit - 1` in a line, as the kernel's canonical mode does (MAX_CANON)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.length = 0
+
+    def filter(self, data: bytes) -> bytes:
+        if not self.limit:
+            return data
+        kept = bytearray()
+        for byte in data:
+            if byte in LINE_ENDS:
+                self.length = 0
+            elif byte in ERASE:
+                self.length = max(0, self.length - 1)
+            elif self.length >= self.limit - 1:
+                continue
+            else:
+                self.length += 1
+            kept.append(byte)
+        return bytes(kept)
+
+
+class Deadlines:
+    """When the session ends on its own: N s after it started, or N s after the client's last input."""
+
+    def __init__(self, faults: SessionFaults) -> None:
+        self.started = self.last_input = time.monotonic()
+        self.faults = faults
+
+    def input_seen(self) -> None:
+        self.last_input = time.monotonic()
+
+    def next_end(self) -> tuple[float | None, str | None]:
+        """(seconds until the session is ended, why) or (None, None) when nothing will end it."""
+        ends = []
+        if self.faults.drop_after_s:
+            ends.append((self.started + self.faults.drop_after_s, "drop"))
+        if self.faults.idle_timeout_s:
+            ends.append((self.last_input + self.faults.idle_timeout_s, "idle"))
+        if not ends:
+            return None, None
+        at, why = min(ends)
+        return max(0.0, at - time.monotonic()), why
+
+
+def relay(child_pid: int, master_fd: int, stdin_is_tty: bool, faults: SessionFaults) -> str | None:
+    """Copy bytes both ways until the remote shell exits (None) or a fault ends the session ("drop", "idle").
 
     SIGCHLD and SIGWINCH wake select() through a pipe, so the end of the shell is noticed even when
     a background job still holds the pty open.
@@ -107,29 +182,47 @@ def relay(child_pid: int, master_fd: int, stdin_is_tty: bool) -> None:
         signal.signal(sig, lambda *_: None)
     stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
     watched = [stdin_fd, master_fd, wake_read]
+    line_limit, deadlines = LineLimit(faults.line_limit), Deadlines(faults)
     while True:
-        readable = select.select(watched, [], [])[0]
+        wait_s, why = deadlines.next_end()
+        readable = select.select(watched, [], [], wait_s)[0]
+        if not readable and why:
+            return why
         if wake_read in readable:
             os.read(wake_read, 64)
             if stdin_is_tty:
                 copy_window_size(stdin_fd, master_fd)
             if os.waitpid(child_pid, os.WNOHANG)[0]:
                 drain(master_fd)
-                return
+                return None
         if master_fd in readable:
             data = read_available(master_fd)
             if not data:
                 os.waitpid(child_pid, 0)
-                return
+                return None
             write_all(stdout_fd, data)
         if stdin_fd in readable:
             data = os.read(stdin_fd, 65536)
+            deadlines.input_seen()
             if data:
-                write_all(master_fd, data)
+                write_all(master_fd, line_limit.filter(data))
             else:
                 # Our input ended: end the remote shell's input the way a terminal does.
                 watched.remove(stdin_fd)
                 write_all(master_fd, b"\x04")
+
+
+def hang_up(child_pid: int, master_fd: int) -> None:
+    """End a session from our side: closing the pty hangs up the remote shell (SIGHUP), as the
+    agent's closing does; work it started with nohup or setsid carries on, as on a real node."""
+    os.close(master_fd)
+    deadline = time.monotonic() + HANGUP_GRACE_S
+    while not os.waitpid(child_pid, os.WNOHANG)[0]:
+        if time.monotonic() > deadline:
+            os.kill(child_pid, signal.SIGKILL)
+            os.waitpid(child_pid, 0)
+            return
+        time.sleep(0.02)
 
 
 def spawn_on_new_pty(command: list[str]) -> tuple[int, int]:
@@ -159,27 +252,44 @@ def spawn_on_new_pty(command: list[str]) -> tuple[int, int]:
     return pid, master_fd
 
 
-def run_session(command: list[str]) -> None:
+def run_session(command: list[str], faults: SessionFaults) -> str | None:
+    """Run the remote shell on a pty until it exits (None) or a fault ends the session (why)."""
     stdin_is_tty = os.isatty(sys.stdin.fileno())
     child_pid, master_fd = spawn_on_new_pty(command)
     saved_mode = termios.tcgetattr(sys.stdin.fileno()) if stdin_is_tty else None
+    why = None
     try:
         if stdin_is_tty:
             tty.setraw(sys.stdin.fileno())
-        relay(child_pid, master_fd, stdin_is_tty)
+        why = relay(child_pid, master_fd, stdin_is_tty, faults)
     finally:
         if saved_mode is not None:
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved_mode)
-        os.close(master_fd)
+        if why:
+            hang_up(child_pid, master_fd)
+        else:
+            os.close(master_fd)
+    return why
+
+
+def closing_banner(session_id: str, why: str | None) -> str:
+    """What the real plugin prints when the channel closes: with the agent's reason, when it gives one."""
+    if why == "idle":
+        return f"\n\nSessionId: {session_id} : {IDLE_MESSAGE}\n\n"
+    return f"\n\nExiting session with sessionId: {session_id}.\n\n"
 
 
 def start_session(root: Path, arguments: list[str]) -> int:
     response_argument, _region, _operation, _profile, request_json, _endpoint = arguments
     session_id = session_response(response_argument)["SessionId"]
-    command = node_shell_command(root, json.loads(request_json))
+    request = json.loads(request_json)
+    if request.get("DocumentName") not in SUPPORTED_DOCUMENTS:
+        raise SessionError(f"the sandbox plugin does not emulate document {request['DocumentName']}")
+    instance_id = instance_id_from_target(request.get("Target", ""))
+    command = node_shell_command(root, instance_id)
     print(f"\nStarting session with SessionId: {session_id}\n", flush=True)
-    run_session(command)
-    print(f"\n\nExiting session with sessionId: {session_id}.\n\n", flush=True)
+    why = run_session(command, session_faults(root, instance_id))
+    print(closing_banner(session_id, why), end="", flush=True)
     return 0
 
 

@@ -6,6 +6,12 @@ Run as `python -m collectors.sandbox.server --root DIR` (control.py starts it de
 moto lacks parts of the HyperPod API (Orchestrator, node addresses, working pagination, random-looking
 cluster ids) and SSM StartSession. The patches below add them; they touch moto internals, so
 `check_moto_internals()` runs first and stops the server loudly when those internals have moved.
+
+A WSGI middleware in front of moto answers what moto lacks and injects the scenario's faults the way
+the real services show them (docs/scenarios.md): ThrottlingException above a StartSession rate,
+TargetNotConnected for chosen nodes, S3 5xx errors for chosen keys. `GET|POST /_emu/faults` reads and
+changes the faults at run time; the server writes them to ROOT/faults.json for the session plugin and
+applies the faults that live on the nodes themselves (nodes.apply_node_faults).
 """
 
 import argparse
@@ -16,6 +22,8 @@ import json
 import os
 import secrets
 import threading
+import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -30,9 +38,18 @@ from moto.sagemaker.responses import SageMakerResponse
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
+from collectors.errors import SandboxError
+from collectors.sandbox.nodes import apply_node_faults, write_json_atomically
+from collectors.sandbox.scenario import (
+    NODE_FAULT_DEFAULTS,
+    NODE_STATUSES,
+    SCENARIO_FAULT_DEFAULTS,
+    check_fault_change,
+    merged_faults,
+)
+
 LISTEN_HOST = "127.0.0.1"
 SSM_TARGET_PREFIX = "sagemaker-cluster:"
-NODE_STATUSES = ("Running", "Pending", "ShuttingDown", "SystemUpdating", "Failure", "DeepHealthCheckInProgress")
 MAX_RESULTS_RANGE = range(1, 101)  # the real ListClusterNodes accepts 1..100
 
 # ---------------------------------------------------------------------------------------------
@@ -129,6 +146,7 @@ def with_cluster_id_arn(original_init: Callable) -> Callable:
         # Real ARNs end in a random cluster id, not the name; SSM targets use that id.
         self.arn = f"{self.arn.rsplit('/', 1)[0]}/{cluster_id_for(cluster_name)}"
         self.orchestrator = None
+        self.node_recovery = "Automatic"
 
     return init
 
@@ -156,6 +174,7 @@ def create_cluster_with_orchestrator(original: Callable) -> Callable:
         result = original(self)
         cluster = self.sagemaker_backend.clusters[self._get_param("ClusterName")]
         cluster.orchestrator = self._get_param("Orchestrator")
+        cluster.node_recovery = self._get_param("NodeRecovery") or "Automatic"
         give_nodes_real_identities(cluster)
         return result
 
@@ -182,6 +201,8 @@ def cluster_describe_with_orchestrator(original: Callable) -> Callable:
         description = original(self)
         if self.orchestrator:
             description["Orchestrator"] = self.orchestrator
+        description["NodeRecovery"] = self.node_recovery
+        description["InstanceGroups"] = [{**group, "Status": "InService"} for group in self.instance_groups]
         return description
 
     return describe
@@ -289,7 +310,15 @@ def json_response(body, status: int = 200, content_type: str = "application/json
 
 
 def aws_json_error(code: str, message: str, status: int = 400) -> Response:
-    return json_response({"__type": code, "message": message}, status, "application/x-amz-json-1.1")
+    response = json_response({"__type": code, "message": message}, status, "application/x-amz-json-1.1")
+    response.headers["x-amzn-ErrorType"] = code
+    response.headers["x-amzn-RequestId"] = request_id()
+    return response
+
+
+def request_id() -> str:
+    hex_id = secrets.token_hex(16)
+    return f"{hex_id[:8]}-{hex_id[8:12]}-{hex_id[12:16]}-{hex_id[16:20]}-{hex_id[20:]}"
 
 
 Handler = Callable[[Request], Response | None]
@@ -328,11 +357,20 @@ class RequestStats:
 
 
 class SessionManager:
-    """SSM StartSession/TerminateSession for HyperPod targets, with a registry of sessions."""
+    """SSM StartSession/TerminateSession for HyperPod targets, with a registry of sessions.
 
-    def __init__(self) -> None:
+    Faults: StartSession calls above the scenario's rate get ThrottlingException, as the real API
+    gives them (a token bucket: `rate` calls a second, bursts of up to max(1, rate)); a node marked
+    `target_not_connected` (its SSM agent is gone, whatever its HyperPod status) gets TargetNotConnected.
+    """
+
+    def __init__(self, faults: "FaultState") -> None:
         self.lock = threading.Lock()
         self.sessions: dict[str, dict] = {}
+        self.faults = faults
+        self.rate: float | None = None
+        self.tokens = 1.0
+        self.refilled_at = time.monotonic()
 
     def handle(self, request: Request) -> Response | None:
         target = request.headers.get("X-Amz-Target")
@@ -345,12 +383,31 @@ class SessionManager:
                 return json_response([dict(session_id=sid, **info) for sid, info in self.sessions.items()])
         return None
 
+    def take_token(self) -> bool:
+        """One StartSession allowed by the rate limit (always, without one)."""
+        rate = self.faults.scenario["start_session_rate"]
+        with self.lock:
+            now = time.monotonic()
+            burst = max(1.0, rate or 0.0)
+            if rate != self.rate:  # a new limit starts with a full bucket
+                self.rate, self.tokens, self.refilled_at = rate, burst, now
+            if rate is None:
+                return True
+            self.tokens = min(burst, self.tokens + (now - self.refilled_at) * rate)
+            self.refilled_at = now
+            if self.tokens < 1.0:
+                return False
+            self.tokens -= 1.0
+            return True
+
     def start_session(self, request: Request) -> Response:
         scope = credential_scope(request)
         region = scope[2] if scope else "us-east-1"
         target = json.loads(request.get_data() or b"{}").get("Target", "")
+        if not self.take_token():
+            return aws_json_error("ThrottlingException", "Rate exceeded")
         node = find_ssm_target_node(target, region)
-        if node is None or node.status != "Running":
+        if node is None or node.status != "Running" or self.faults.node(node.instance_id)["target_not_connected"]:
             return aws_json_error("TargetNotConnected", f"{target} is not connected.")
         user = scope[0] if scope else "sandbox"
         session_id = f"{user}-{secrets.token_hex(9)[:17]}"
@@ -372,6 +429,117 @@ class SessionManager:
             if session_id in self.sessions:
                 self.sessions[session_id]["terminated"] = utc_now()
         return json_response({"SessionId": session_id}, content_type="application/x-amz-json-1.1")
+
+
+NODE_SIDE_FAULTS = ("slow", "hang", "tmp_free_mb")  # the ones that change the node itself
+
+
+class FaultState:
+    """The faults now: scenario-wide and per node. GET|POST /_emu/faults.
+
+    A POST takes {"faults": {...}, "nodes": {instance id: {...}}} with the keys of docs/scenarios.md;
+    keys left out stay as they are, a null puts one back to its default. Every change is written to
+    ROOT/faults.json (the session plugin reads it when a session starts) and the changed nodes' own
+    faults (slow, hang, tmp_free_mb) are applied to them at once.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.lock = threading.Lock()
+        self.scenario = dict(SCENARIO_FAULT_DEFAULTS)
+        self.nodes: dict[str, dict] = {}
+
+    def node(self, instance_id: str) -> dict:
+        return self.nodes.get(instance_id, NODE_FAULT_DEFAULTS)
+
+    def snapshot(self) -> dict:
+        return {"faults": self.scenario, "nodes": self.nodes}
+
+    def handle(self, request: Request) -> Response | None:
+        if request.path != "/_emu/faults":
+            return None
+        if request.method == "GET":
+            with self.lock:
+                return json_response(self.snapshot())
+        if request.method != "POST":
+            return json_response({"error": "GET or POST"}, 405)
+        try:
+            return json_response(self.change(json.loads(request.get_data() or b"{}")))
+        except (SandboxError, ValueError) as error:
+            return json_response({"error": str(error)}, 400)
+        except Exception as error:  # a node could not take its fault: say why, keep serving
+            return json_response({"error": f"{type(error).__name__}: {error}"}, 500)
+
+    def change(self, requested) -> dict:
+        instance_ids = {node_id for cluster in sagemaker_clusters() for node_id in cluster.nodes}
+        change = check_fault_change(requested, instance_ids)
+        with self.lock:
+            self.scenario = merged_faults(self.scenario, change["faults"], SCENARIO_FAULT_DEFAULTS)
+            for instance_id, node_change in change["nodes"].items():
+                merged = merged_faults(self.node(instance_id), node_change, NODE_FAULT_DEFAULTS)
+                if any(merged[key] != self.node(instance_id)[key] for key in NODE_SIDE_FAULTS):
+                    apply_node_faults(self.root, instance_id, merged)
+                self.nodes[instance_id] = merged
+            write_json_atomically(self.root / "faults.json", self.snapshot())
+            return self.snapshot()
+
+
+S3_ERRORS = {
+    500: ("InternalError", "We encountered an internal error. Please try again."),
+    503: ("SlowDown", "Please reduce your request rate."),
+}
+
+
+class S3UploadFailures:
+    """The scenario's `s3_put_failures`: uploads (PUT, POST) to matching keys fail as S3 fails them.
+
+    Each rule fails every matching key `times` times (per key), then lets it through; "always" never
+    does. The body is read first, as S3 reads it before it answers.
+    """
+
+    def __init__(self, faults: FaultState) -> None:
+        self.faults = faults
+        self.lock = threading.Lock()
+        self.failed: Counter[tuple[int, str]] = Counter()
+
+    def handle(self, request: Request) -> Response | None:
+        if request.method not in ("PUT", "POST") or request.path.startswith("/_emu/") or is_api_call(request):
+            return None
+        key = urllib.parse.unquote(request.path.lstrip("/").partition("/")[2])
+        for number, rule in enumerate(self.faults.scenario["s3_put_failures"]):
+            if key and rule["key_contains"] in key and self.fails_now(number, rule, key):
+                request.get_data()
+                return s3_error(request, rule.get("status", 500))
+        return None
+
+    def fails_now(self, number: int, rule: dict, key: str) -> bool:
+        times = rule.get("times", 1)
+        with self.lock:
+            if times != "always" and self.failed[number, key] >= times:
+                return False
+            self.failed[number, key] += 1
+            return True
+
+
+def is_api_call(request: Request) -> bool:
+    """A JSON API call (SageMaker, SSM) or a signed call to a service other than S3 (EKS)."""
+    if request.headers.get("X-Amz-Target"):
+        return True
+    scope = credential_scope(request)
+    return bool(scope) and scope[3] != "s3"
+
+
+def s3_error(request: Request, status: int) -> Response:
+    code, message = S3_ERRORS[status]
+    amz_id = secrets.token_hex(8).upper()
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message><RequestId>{amz_id}</RequestId>"
+        f"<HostId>{secrets.token_urlsafe(48)}</HostId></Error>"
+    )
+    response = Response(body, status=status, content_type="application/xml")
+    response.headers["x-amz-request-id"] = amz_id
+    return response
 
 
 class NodeStatusControl:
@@ -420,9 +588,13 @@ class SandboxMiddleware:
         return self.moto_app(environ, start_response)
 
 
-def build_app() -> SandboxMiddleware:
+def build_app(root: Path) -> SandboxMiddleware:
     stats = RequestStats()
-    handlers = [stats.handle, SessionManager().handle, NodeStatusControl().handle]
+    faults = FaultState(root)
+    handlers = [
+        stats.handle, faults.handle, S3UploadFailures(faults).handle, SessionManager(faults).handle,
+        NodeStatusControl().handle,
+    ]
     return SandboxMiddleware(DomainDispatcherApplication(create_backend_app), handlers, stats)
 
 
@@ -430,14 +602,8 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def write_json_atomically(path: Path, data: dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data))
-    os.replace(temporary, path)
-
-
 def serve(root: Path) -> None:
-    server = make_server(LISTEN_HOST, 0, build_app(), threaded=True)
+    server = make_server(LISTEN_HOST, 0, build_app(root), threaded=True)
     # make_server has bound and is listening: connections queue until serve_forever accepts them.
     port = server.server_port
     write_json_atomically(
