@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import pty
+import random
 import select
 import signal
 import sys
@@ -82,7 +83,11 @@ def session_faults(root: Path, instance_id: str) -> SessionFaults:
         faults = {"faults": SCENARIO_FAULT_DEFAULTS, "nodes": {}}
     scenario = faults["faults"]
     node = faults["nodes"].get(instance_id, NODE_FAULT_DEFAULTS)
-    return SessionFaults(node["session_drop_after"], scenario["idle_timeout"], scenario["line_limit"])
+    drop_after = node["session_drop_after"]
+    # Any session may drop: a share of them, at a random moment of their first seconds.
+    if drop_after is None and random.random() < scenario.get("session_drop_rate", 0):
+        drop_after = random.uniform(0.2, 2.0)
+    return SessionFaults(drop_after, scenario["idle_timeout"], scenario["line_limit"])
 
 
 def node_shell_command(root: Path, instance_id: str) -> list[str]:

@@ -133,6 +133,7 @@ SCENARIO_FAULTS = {
     "idle_timeout": optional(number(0, above=True)),
     "line_limit": optional(number(2, integer=True)),
     "s3_put_failures": list_of(S3_PUT_FAILURE),
+    "session_drop_rate": number(0),
 }
 NODE_FAULTS = {
     "target_not_connected": boolean,
@@ -142,7 +143,8 @@ NODE_FAULTS = {
     "tmp_free_mb": optional(number(0, integer=True)),
 }
 # What a fault is when a scenario does not set it: real SSM's idle timeout and line limit, nothing else.
-SCENARIO_FAULT_DEFAULTS = {"start_session_rate": None, "idle_timeout": 1200, "line_limit": 4096, "s3_put_failures": []}
+SCENARIO_FAULT_DEFAULTS = {"start_session_rate": None, "idle_timeout": 1200, "line_limit": 4096, "s3_put_failures": [],
+                           "session_drop_rate": 0}
 NODE_FAULT_DEFAULTS = {
     "target_not_connected": False, "session_drop_after": None, "slow": 0, "hang": [], "tmp_free_mb": None,
 }
