@@ -60,7 +60,6 @@ CLEANUP_TIMEOUT = 30
 DEFAULT_PORT = 22
 GATEWAY_CONTROLLER = "controller"
 SSM_SSH_DOCUMENT = "AWS-StartSSHSession"
-POLICIES = ("strict", "accept-new", "off")
 # OpenSSH's StrictHostKeyChecking values, as our policies (we never ask, so `ask` is strict).
 SSH_CONFIG_POLICIES = {"yes": "strict", "ask": "strict", "accept-new": "accept-new", "no": "off", "off": "off"}
 DEFAULT_USER_KNOWN_HOSTS = "~/.ssh/known_hosts"
@@ -98,8 +97,8 @@ class StepTimeout(Exception):
         self.step, self.timeout, self.output = step, timeout, output
 
 
-class ConnectFailed(Exception):
-    """Reaching the node (or the jump host) failed; `result` says how."""
+class StepFailed(Exception):
+    """Reaching the node (or the jump host), or preparing it, failed; `result` is the outcome."""
 
     def __init__(self, result: SessionResult):
         super().__init__(result.error)
@@ -196,7 +195,7 @@ def gateway_node(host: str, nodes: list[dict[str, Any]]) -> dict[str, Any] | Non
 
 
 def resolve_gateway(spec: str | None, via: str, nodes: list[dict[str, Any]], cluster: dict[str, Any],
-                    region: str, profile: str | None) -> Gateway | None:
+                    region: str, profile: str | None, default_port: int | None = None) -> Gateway | None:
     if not spec:
         if via == "ssm":
             raise UsageError("--gateway-via ssm needs --gateway: the cluster node to jump through "
@@ -210,7 +209,7 @@ def resolve_gateway(spec: str | None, via: str, nodes: list[dict[str, Any]], clu
             raise UsageError(f"--gateway-via ssm needs a gateway that is a node of the cluster (controller, an "
                              f"instance id or an ip-a-b-c-d name), not {host!r}")
         target = f"sagemaker-cluster:{cluster['id']}_{node['group']}-{node['instance_id']}"
-        proxy = ssm_proxy_command(target, port or DEFAULT_PORT, region, profile)
+        proxy = ssm_proxy_command(target, port or default_port or DEFAULT_PORT, region, profile)
     address = (node.get("ip") or node.get("hostname")) if node else host
     if not address:
         raise UsageError(f"--gateway {spec}: discovery found no address for node {node['instance_id']}")
@@ -233,7 +232,7 @@ def ssh_transport(settings: Settings, region: str, cluster: dict[str, Any], node
         raise UsageError("ssh_data_path sftp pulls each tarball back while the session is open: "
                          "use --session-mode attached")
     gateway = resolve_gateway(settings.ssh_gateway, settings.ssh_gateway_via, nodes, cluster, region,
-                              settings.profile)
+                              settings.profile, default_port=settings.ssh_port)
     addresses = {node["instance_id"]: node.get("ip") or node.get("hostname") for node in nodes}
     return SshTransport(SshOptions.from_settings(settings), addresses, settings.timeouts, gateway=gateway,
                         script=script, results_dir=results_dir, store=store)
@@ -357,7 +356,7 @@ class SshTransport:
         if connection is not None:
             self.forget_gateway()
         if self.gateway_refusal is not None:
-            raise ConnectFailed(dataclasses.replace(self.gateway_refusal))
+            raise StepFailed(dataclasses.replace(self.gateway_refusal))
         gateway = self.gateway
         connection = self.connection(gateway.host, gateway.user, gateway.port)
         proxy = EndingProxyCommand(gateway.proxy_command) if gateway.proxy_command else None
@@ -374,7 +373,7 @@ class SshTransport:
                 failure = connect_failure(exc, where, "gateway", self.timeouts.session_prompt)
             if failure.kind == SESSION_UNREACHABLE:
                 self.gateway_refusal = failure
-            raise ConnectFailed(dataclasses.replace(failure)) from None
+            raise StepFailed(dataclasses.replace(failure)) from None
         self.local.gateway = connection
         with self.gateways_lock:
             self.gateways.append(connection)
@@ -436,7 +435,7 @@ class NodeSession:
         try:
             self.connection = self.connect()
             return self.steps()
-        except ConnectFailed as failure:
+        except StepFailed as failure:
             return failure.result
         except Cancelled:
             return SessionResult(SESSION_INTERRUPTED, error="interrupted by the operator")
@@ -463,7 +462,7 @@ class NodeSession:
             connection.open()
         except CONNECT_ERRORS as exc:
             close_connection(connection)
-            raise ConnectFailed(connect_failure(exc, where, "connect", self.timeouts.session_prompt)) from None
+            raise StepFailed(connect_failure(exc, where, "connect", self.timeouts.session_prompt)) from None
         return connection
 
     def gateway_channel(self, connection: Connection, where: str) -> paramiko.Channel:
@@ -472,12 +471,12 @@ class NodeSession:
             return gateway.transport.open_channel("direct-tcpip", dest_addr=(connection.host, int(connection.port)),
                                                   src_addr=("", 0), timeout=self.timeouts.session_prompt)
         except paramiko.ChannelException as exc:
-            raise ConnectFailed(SessionResult(
+            raise StepFailed(SessionResult(
                 SESSION_UNREACHABLE, step="connect",
                 error=f"jump host {self.transport.gateway.label} could not connect to {where}: {exc.text}")) from None
         except CONNECT_ERRORS as exc:
             self.transport.forget_gateway()  # the next node in this thread opens a fresh one
-            raise ConnectFailed(SessionResult(
+            raise StepFailed(SessionResult(
                 SESSION_DROPPED, step="gateway",
                 error=f"the connection to jump host {self.transport.gateway.label} failed: {describe(exc)}")) from None
 
@@ -486,9 +485,7 @@ class NodeSession:
         self.step = "shell"
         directory = self.prepare()
         if self.options.data_path == "sftp":
-            self.step = "push"
-            self.push_script(directory)
-            return self.run_and_pull(directory)
+            return self.push_run_and_pull(directory)
         if self.job.detached:
             return self.launch(directory)
         return self.run_attached(directory)
@@ -498,9 +495,9 @@ class NodeSession:
         rc, output = self.execute(PREPARE, "shell", self.timeouts.session_prompt, stdin=env_file(self.node_env()))
         found = WORK_DIR_RE.search(output)
         if rc != 0 or not found:
-            raise ConnectFailed(SessionResult(SESSION_START_FAILED, step="shell", output=self.clean(output),
-                                              error=f"cannot make a private folder in /tmp on the node (rc {rc}): "
-                                                    f"{last_line(self.clean(output))}"))
+            raise StepFailed(SessionResult(SESSION_START_FAILED, step="shell", output=self.clean(output),
+                                           error=f"cannot make a private folder in /tmp on the node (rc {rc}): "
+                                                 f"{last_line(self.clean(output))}"))
         return found.group(1)
 
     def node_env(self) -> dict[str, str]:
@@ -508,10 +505,6 @@ class NodeSession:
             # The node cannot reach S3: no presigned URL is of use to it, so none is sent.
             return dict(self.job.env)
         return {**self.job.env, **self.job.secrets}
-
-    def push_script(self, directory: str) -> None:
-        sftp = self.sftp()
-        sftp.put(str(self.transport.script), f"{directory}/{SCRIPT_NAME}", callback=self.check_cancel_transfer)
 
     def run_attached(self, directory: str) -> SessionResult:
         self.step = "script"
@@ -542,8 +535,12 @@ class NodeSession:
         return SessionResult(SESSION_START_FAILED, rc=rc, step="launch", output=output,
                              error=f"the launch ended without an answer (rc {rc}): {last_line(output)}")
 
-    def run_and_pull(self, directory: str) -> SessionResult:
+    def push_run_and_pull(self, directory: str) -> SessionResult:
+        """For nodes that cannot reach S3; the node's folder is removed whatever happens."""
         try:
+            self.step = "push"
+            self.sftp().put(str(self.transport.script), f"{directory}/{SCRIPT_NAME}",
+                            callback=self.check_cancel_transfer)
             self.step = "script"
             rc, output = self.execute(self.as_root(ATTACHED_SFTP, directory), "script", self.timeouts.node_script,
                                       pty=True)
