@@ -36,7 +36,7 @@ COMMON_HELP = {
     "max_workers": "most node sessions open at once (default 16)",
     "session_mode": "detached (default: sessions only launch the node script) or attached (wait in the session)",
     "session_client": "direct (default: boto3 StartSession + session-manager-plugin) or cli (aws ssm start-session)",
-    "session_rate": "StartSession calls per second at most (default 2.5; AWS allows about 3)",
+    "session_rate": "StartSession calls per second at most (default 3; halved whenever AWS throttles)",
     "quiet": "no line per node, only the end result",
     "json": "print JSON on stdout (logs stay on stderr)",
     "kube_context": "kubeconfig context for the kubectl stage (default: the one whose cluster is the EKS cluster)",

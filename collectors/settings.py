@@ -29,7 +29,7 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "presign_expiry": (7200, "seconds a presigned script/upload URL stays valid"),
     "session_mode": ("detached", "detached: sessions only launch the node script; attached: wait in the session"),
     "session_client": ("direct", "direct: boto3 StartSession + session-manager-plugin; cli: aws ssm start-session"),
-    "session_rate": (2.5, "StartSession calls per second at most (AWS allows about 3 per account)"),
+    "session_rate": (3.0, "StartSession calls per second at most (AWS allows about 3 per account; halved on throttling)"),
     "session_attempts": (3, "sessions tried per node when a launch fails or drops (throttling aside)"),
     "poll_interval": (5, "seconds between S3 checks for finished nodes (detached mode)"),
     # Node-side options: the same for every node of a run, baked into the node script at render time.
@@ -158,7 +158,7 @@ class Settings:
     presign_expiry: int = 7200
     session_mode: str = "detached"
     session_client: str = "direct"
-    session_rate: float = 2.5
+    session_rate: float = 3.0
     session_attempts: int = 3
     poll_interval: int = 5
     since: str = "3d"
