@@ -155,27 +155,39 @@ item_nvidia_smi() {
   nvidia-smi
 }
 
+# nvidia-smi with ARGS; when this node's nvidia-smi does not know them (exit 2 and its own
+# words for it), the item is "unsupported" rather than failed (see HPC_RC_UNSUPPORTED).
+hpc_nvidia_query() {
+  local rc=0
+  nvidia-smi "$@" || rc=$?
+  if ((rc == 2)) && grep -qE 'Invalid combination of input arguments|is not a valid field|nvalid (option|command)' \
+    "$HPC_ITEM_OUT"; then
+    return "$HPC_RC_UNSUPPORTED"
+  fi
+  return "$rc"
+}
+
 item_nvidia_smi_q() {
-  nvidia-smi -q
+  hpc_nvidia_query -q
 }
 
 # One line per GPU: inventory and the counters a fleet is compared on.
 item_nvidia_smi_gpus() {
-  nvidia-smi --format=csv \
+  hpc_nvidia_query --format=csv \
     --query-gpu=index,pci.bus_id,name,serial,uuid,driver_version,vbios_version,pstate,temperature.gpu,power.draw,clocks_throttle_reasons.active,ecc.errors.uncorrected.volatile.total,ecc.errors.uncorrected.aggregate.total,retired_pages.sbe,retired_pages.dbe
 }
 
 item_nvidia_smi_remapped_rows() {
-  nvidia-smi --format=csv \
+  hpc_nvidia_query --format=csv \
     --query-remapped-rows=gpu_bus_id,gpu_uuid,remapped_rows.correctable,remapped_rows.uncorrectable,remapped_rows.pending,remapped_rows.failure
 }
 
 item_nvidia_smi_nvlink_status() {
-  nvidia-smi nvlink -s
+  hpc_nvidia_query nvlink -s
 }
 
 item_nvidia_smi_nvlink_errors() {
-  nvidia-smi nvlink -e
+  hpc_nvidia_query nvlink -e
 }
 
 # Nodes with NVSwitches (p4d, p5) need the fabric manager for NVLink between GPUs.

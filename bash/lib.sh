@@ -17,6 +17,10 @@ readonly HPC_RC_INTERRUPTED=143  # the script had been sent TERM, INT or HUP
 readonly HPC_RC_BUNDLE_CAP=27    # the report had reached HPC_BUNDLE_CAP_MB (EFBIG)
 # manifest.tsv rc of an item whose output could not be redacted: the output was removed.
 readonly HPC_RC_UNREDACTED=70
+# An item body exits with this (EOPNOTSUPP) when the tool on this node does not know what was
+# asked (an older nvidia-smi): a version fact, not a fault. The row gets rc 0 and a note
+# starting "unsupported:", the tool's message stays in the item's file, and it counts as skipped.
+readonly HPC_RC_UNSUPPORTED=95
 
 # Seconds between an item's TERM and its KILL: a wedged nvidia-smi may ignore TERM, and
 # the node budget is better spent on the next item than on a long grace.
@@ -335,7 +339,7 @@ hpc_export_functions() {
     esac
   done < <(declare -F)
   export INSTANCE_GROUP INSTANCE_ID CLUSTER_TYPE HPC_SINCE HPC_SINCE_EPOCH HPC_SINCE_JOURNAL \
-    HPC_FILE_CAP_BYTES HPC_CUTS_FILE HPC_POD_NAMESPACES HPC_EKS_COLLECTOR_SHA256 HPC_KILL_GRACE
+    HPC_FILE_CAP_BYTES HPC_CUTS_FILE HPC_POD_NAMESPACES HPC_EKS_COLLECTOR_SHA256 HPC_KILL_GRACE HPC_RC_UNSUPPORTED
 }
 
 # `wait` returns early when a trapped signal arrives (the trap then stops the item);
@@ -587,6 +591,13 @@ hpc_redact_item() {
   done
 }
 
+# Sets VAR to the first line of the item's output (its .log for a folder item), cut to 200.
+hpc_first_line() {
+  local line=""
+  IFS= read -r line <"$2${3:+.log}" 2>/dev/null || true
+  printf -v "$1" '%s' "${line:0:200}"
+}
+
 # Sets HPC_SIZES (path -> bytes), HPC_FILES (paths) and HPC_FILES_BYTES for an item's files.
 hpc_list_item_files() {
   local size file
@@ -623,12 +634,11 @@ hpc_settle_item() {
   fi
   if [[ -f $HPC_CUTS_FILE ]]; then
     while IFS=$'\t' read -r file size; do
-      [[ -n $file ]] && cuts[$file]=$((${cuts[$file]:-0} + size))
+      [[ -n $file ]] || continue
+      cuts[$file]=$((${cuts[$file]:-0} + size))
+      cut=$((cut + size))
     done <"$HPC_CUTS_FILE"
   fi
-  for file in "${!cuts[@]}"; do
-    cut=$((cut + cuts[$file]))
-  done
   for file in ${HPC_FILES[@]+"${HPC_FILES[@]}"}; do
     redactions=$((redactions + ${HPC_REDACTED[$file]:-0}))
     hpc_tsv_cell rel "${file#"$HPC_REPORT_DIR"/}"
@@ -637,6 +647,13 @@ hpc_settle_item() {
     HPC_FILE_ROWS+=("$row")
   done
   HPC_BUNDLE_BYTES=$((HPC_BUNDLE_BYTES + HPC_FILES_BYTES))
+  if ((rc == HPC_RC_UNSUPPORTED)); then
+    rc=0
+    hpc_first_line note "$path" "$dir"
+    note="unsupported: $note"
+    extra=" unsupported"
+    HPC_SKIPPED_ITEMS=$((HPC_SKIPPED_ITEMS + 1))
+  fi
   if ((${#HPC_UNREDACTED[@]})); then
     note="removed, redaction did not finish: ${HPC_UNREDACTED[*]}"
     ((rc != 0)) || rc=$HPC_RC_UNREDACTED

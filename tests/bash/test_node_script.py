@@ -428,6 +428,7 @@ def test_hung_and_failing_items_are_recorded_and_the_rest_still_uploaded(s3, tmp
     node.stand_in("nvidia-smi", """case "$*" in
   "") trap '' TERM; echo partial output; sleep 6001 ;;
   -q) echo 'NVIDIA-SMI has failed: no driver' >&2; exit 9 ;;
+  "nvlink -e") echo "Invalid combination of input arguments. Please run 'nvidia-smi -h' for help."; exit 2 ;;
   *) echo "nvidia-smi stand-in: $*" ;;
 esac""")
     node.stand_in("nvidia-bug-report.sh", """case "$*" in
@@ -445,6 +446,12 @@ esac""")
     assert files["nvidia_smi.txt"].startswith(b"partial output\n")
     assert b"cut after 2s" in files["nvidia_smi.txt"]
     assert files["nvidia_smi_q.txt"] == b"NVIDIA-SMI has failed: no driver\n"
+    # an nvidia-smi that does not know a query is a version fact, not a failure; its words are kept
+    errors = row(rows, "nvidia_smi_nvlink_errors")
+    assert errors["rc"] == "0" and errors["note"] == ("unsupported: Invalid combination of input arguments. "
+                                                      "Please run 'nvidia-smi -h' for help.")
+    assert files["nvidia_smi_nvlink_errors.txt"].startswith(b"Invalid combination of input arguments.")
+    assert "[hpc] nvidia_smi_nvlink_errors rc=0" in run.stdout and " unsupported\n" in run.stdout
     assert files["command_02_echo_after.txt"] == b"after\n"
     # the first nvidia-bug-report.sh timed out; its partial file is kept, --safe-mode then ran
     assert row(rows, "nvidia_bug_report")["rc"] == "0"
