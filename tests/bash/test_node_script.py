@@ -594,6 +594,22 @@ def test_awscli_upload_mode_puts_the_tarball_under_the_raw_group_key(s3, moto_en
     assert f"uploaded {run.result['tarball']} with aws s3 cp" in run.stdout
 
 
+def test_an_internal_error_still_packages_what_was_gathered(tmp_path):
+    """A bug in the script itself (here: a failing command slipped into its main line)."""
+    node = Node(tmp_path, "slurm", ("echo collected",))
+    text = node.script.read_text()
+    assert text.count("  hpc_run_user_commands\n") == 1
+    node.script.write_text(text.replace("  hpc_run_user_commands\n", "  hpc_run_user_commands\n  false\n"))
+    run = node.run(HPC_KEEP_DIR=str(tmp_path / "keep"))
+    assert run.rc == 3 and run.status == "ok_with_errors", run.stdout + run.stderr
+    assert re.search(r"internal error at line \d+: false", run.stderr)
+    files = report_files(kept_tarball(run))
+    rows = manifest(files)
+    assert rows[-1]["item"] == "internal_error" and rows[-1]["rc"] == "70"
+    assert files["command_01_echo_collected.txt"] == b"collected\n"
+    assert [r["item"] for r in rows[:-1]] == expected_items("slurm", 1)[:-1]  # the slow items never ran
+
+
 def test_bundle_cap_cuts_the_item_that_crosses_it_and_stops_the_rest(tmp_path):
     # an empty /var/log, so that what came before the big item is small and known
     node = Node(tmp_path, "eks", ("head -c 3000000 /dev/zero | tr '\\0' x", "echo never"))
