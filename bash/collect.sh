@@ -323,7 +323,7 @@ hpc_put_status() {
   [[ -n ${HPC_URL_STATUS:-} ]] || return 0
   command -v curl >/dev/null 2>&1 || return 0
   err=$(printf 'url = "%s"\n' "$HPC_URL_STATUS" |
-    curl -fsS --retry 2 --connect-timeout 5 --max-time 20 -X PUT -H 'Content-Type: application/json' \
+    curl -fsS --retry 2 --connect-timeout 5 --max-time 10 -X PUT -H 'Content-Type: application/json' \
       --data-binary "$1" -o /dev/null --config - 2>&1) || rc=$?
   if ((rc != 0)); then
     hpc_progress "status report failed (curl rc=$rc): $(hpc_scrub_urls <<<"$err")"
