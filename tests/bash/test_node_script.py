@@ -779,6 +779,56 @@ def test_an_item_that_fills_the_disk_fails_alone(tmp_path):
     assert [r["item"] for r in rows if r["rc"] != "0"] == ["command_01"]
 
 
+# (line in a collected file, the same line as shipped)
+REDACTION_CASES = [
+    ("StoragePass=s3cr3t-Pa55", "StoragePass=<REDACTED>"),
+    ('AccountingStoragePass = "with space"', 'AccountingStoragePass = "<REDACTED>"'),
+    (f"export AWS_SECRET_ACCESS_KEY={AWS_SECRET}", "export AWS_SECRET_ACCESS_KEY=<REDACTED>"),
+    (f"aws configure set aws_secret_access_key {AWS_SECRET}", "aws configure set aws_secret_access_key <REDACTED>"),
+    ('{"AccessKeyId": "AKIAIOSFODNN7EXAMPLE", "SecretAccessKey": "abc/def", "Token": "IQoJb3JpZ2lu"}',
+     '{"AccessKeyId": "<REDACTED-AWS-KEY-ID>", "SecretAccessKey": "<REDACTED>", "Token": "<REDACTED>"}'),
+    ("client_secret: 'hunter22'", "client_secret: '<REDACTED>'"),
+    ("Authorization: Bearer abcdefghijklmnop.qrs", "Authorization: Bearer <REDACTED>"),
+    ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "Authorization: Basic <REDACTED>"),
+    ("GET /b/k?X-Amz-Credential=AKIA%2F20260101&X-Amz-Signature=deadbeef01&x=1",
+     "GET /b/k?X-Amz-Credential=<REDACTED>&X-Amz-Signature=<REDACTED>&x=1"),
+    ("mysql --password hunter22 -u root", "mysql --password <REDACTED> -u root"),
+    ("https://user:hunter2@example.com/path", "https://user:<REDACTED>@example.com/path"),
+    ("token: eyJhbGciOiJSUzI1NiIsImtpZCI6IjEyMyJ9.eyJpc3MiOiJrdWJlcm5ldGVzIn0.c2ln",
+     "token: <REDACTED>"),
+    ("kubeconfig eyJhbGciOiJSUzI1NiIsImtpZCI6IjEyMyJ9.eyJpc3MiOiJrdWJlcm5ldGVzIn0.c2ln end",
+     "kubeconfig <REDACTED-JWT> end"),
+    ('key "-----BEGIN PRIVATE KEY-----\\nMIIE\\n-----END PRIVATE KEY-----" end', 'key "<REDACTED PRIVATE KEY>" end'),
+    ("DB_PASS=x1 dbpass:y2 JobCompPass=z3 pass=p4", "DB_PASS=<REDACTED> dbpass:<REDACTED> JobCompPass=<REDACTED> pass=<REDACTED>"),
+    ("ticket corp-12345 opened", "ticket <REDACTED> opened"),  # the operator's own pattern
+    # left alone
+    ("Speculative Store Bypass: Mitigation: Speculative Store Bypass disabled via prctl", None),
+    ("max_tokens: 100 tokenizer_path=/x passthrough=1 secretName: db", None),
+    ("[sudo] password for ubuntu:", None),
+    ("AccessKey: <REDACTED>", None),
+]
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\nabcdef\n-----END RSA PRIVATE KEY-----\n"
+
+
+def test_redaction_rules_and_their_counts(tmp_path):
+    """The node's redaction, run by itself on one file; every replacement is counted once."""
+    text = "".join(f"{line}\n" for line, _ in REDACTION_CASES) + PEM
+    target = tmp_path / "collected.txt"
+    target.write_text(text)
+    (tmp_path / "list").write_bytes(f"{target}\0".encode())
+    (tmp_path / "tmp").mkdir()
+    script = (f"source {BASH_DIR}/lib.sh; source {BASH_DIR}/redact.sh; HPC_REDACT_PATTERNS='corp-[0-9]+'; "
+              f'hpc_check_redact_patterns; hpc_prepare_redaction "$1"; hpc_redact_files "$1" "$1/list" "$1/done"')
+    subprocess.run(["bash", "-c", script, "redact", str(tmp_path)], check=True, timeout=60)
+    expected = [after or before for before, after in REDACTION_CASES]
+    expected += ["-----BEGIN RSA PRIVATE KEY-----", "<REDACTED PRIVATE KEY>", "-----END RSA PRIVATE KEY-----"]
+    assert target.read_text().splitlines() == expected
+    count, name = (tmp_path / "done").read_bytes().rstrip(b"\0").split(b"\t")
+    assert name == str(target).encode()
+    # one count per marker, and one for the PEM block
+    assert int(count) == sum(after.count("<REDACTED") for _, after in REDACTION_CASES if after) + 1
+
+
 def test_shellcheck_clean_alone_and_composed(tmp_path):
     require_tool("shellcheck", "shellcheck")
     parts = sorted(BASH_DIR.glob("*.sh"))
