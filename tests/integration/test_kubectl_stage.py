@@ -58,6 +58,11 @@ def collect(env: dict, runs: Path, *args: str, **extra_env: str) -> subprocess.C
     return invoke(env, runs, "collect", "--no-download", *args, **extra_env)
 
 
+def collect_one_node(env: dict, status: dict, runs: Path, **extra_env: str) -> subprocess.CompletedProcess:
+    """Enough to show node collection going on; the kubectl stage covers the whole cluster anyway."""
+    return collect(env, runs, "--nodes", status["nodes"][0]["instance_id"], **extra_env)
+
+
 def latest(runs: Path, status: dict) -> tuple[dict, Path]:
     run_dir = runs / status["cluster"] / "latest"
     return json.loads((run_dir / "state.json").read_text()), run_dir
@@ -122,7 +127,7 @@ def test_kubectl_missing_says_how_to_install_and_nodes_are_still_collected(clust
     sandbox, status, env = cluster
     # Not under /tmp: the nodes mount their own /tmp, and their sessions start from this PATH too.
     with tempfile.TemporaryDirectory(dir="/var/tmp") as farm:
-        result = collect(dict(env, PATH=path_without("kubectl", env["PATH"], Path(farm))), tmp_path)
+        result = collect_one_node(dict(env, PATH=path_without("kubectl", env["PATH"], Path(farm))), status, tmp_path)
     assert result.returncode == 1, result.stderr
     assert "kubectl is not on PATH. Install it" in result.stderr and "invoke kubectl --cluster" in result.stderr
     state, _ = latest(tmp_path, status)
@@ -134,7 +139,7 @@ def test_a_context_for_another_cluster_is_refused_with_the_update_kubeconfig_com
     sandbox, status, env = cluster
     other = status["kubernetes"]["context"].replace(f"/{status['cluster']}-eks", "/other-eks")
     config = kubeconfig_copy(status, tmp_path, name=other)
-    result = collect(dict(env, KUBECONFIG=str(config)), tmp_path)
+    result = collect_one_node(dict(env, KUBECONFIG=str(config)), status, tmp_path)
     assert result.returncode == 1, result.stderr
     expected = f"aws eks update-kubeconfig --name {status['cluster']}-eks --region {status['region']}"
     assert expected in result.stderr and f"points at cluster '{other}'" in result.stderr
@@ -152,7 +157,7 @@ def test_a_context_for_another_cluster_is_refused_with_the_update_kubeconfig_com
 def test_api_server_down_says_what_to_check_and_nodes_are_still_collected(cluster, tmp_path):
     sandbox, status, env = cluster
     config = kubeconfig_copy(status, tmp_path, server=f"http://127.0.0.1:{closed_port()}")
-    result = collect(dict(env, KUBECONFIG=str(config)), tmp_path)
+    result = collect_one_node(dict(env, KUBECONFIG=str(config)), status, tmp_path)
     assert result.returncode == 1, result.stderr
     assert "does not answer" in result.stderr and "reachable from this machine" in result.stderr
     state, _ = latest(tmp_path, status)
@@ -164,7 +169,7 @@ def test_a_command_hanging_past_its_timeout_is_killed_and_reported(cluster, tmp_
     sandbox, status, env = cluster
     emu(status, "POST", "/_emu/kube/delay", {"path_contains": "/configmaps", "seconds": 120})
     try:
-        result = collect(env, tmp_path, INVOKE_HYPERPOD_TIMEOUTS_KUBECTL="10")
+        result = collect_one_node(env, status, tmp_path, INVOKE_HYPERPOD_TIMEOUTS_KUBECTL="10")
     finally:
         emu(status, "POST", "/_emu/kube/delay", {"path_contains": "/configmaps", "seconds": 0})
     assert result.returncode == 1, result.stderr
