@@ -1,8 +1,8 @@
 """Bench: the kubectl stage on a large EKS sandbox: its wall time against the sum of its commands' times.
 
-    python bench/kubectl.py [--nodes 1000] [--workers 8]
+    python bench/kubectl.py [--scenario scenarios/fleet-1000.yaml] [--workers 8]
 
-Starts an EKS sandbox (root and namespaces needed), runs `invoke discover`, `render`, `upload` and
+Starts an EKS sandbox from the scenario (root and namespaces needed), runs `invoke discover`, `render`, `upload` and
 `kubectl` against it with the real kubectl, prints the figures, and takes the sandbox down. The goal
 (issue 5): the stage's wall time at most 1.3 times its slowest command, i.e. the parallel commands
 hide behind the slowest one instead of adding up.
@@ -23,7 +23,6 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 from collectors.sandbox import Sandbox, SandboxSpec  # noqa: E402 - after the path is set
-from collectors.sandbox.control import GroupSpec  # noqa: E402
 
 GOAL_RATIO = 1.3
 
@@ -35,24 +34,16 @@ def invoke(env: dict[str, str], *args: str) -> None:
         raise SystemExit(f"invoke {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
 
 
-def large_eks_spec(nodes: int) -> SandboxSpec:
-    """A GPU fleet with a small CPU group, as HyperPod EKS clusters usually are."""
-    cpu = max(1, nodes // 50)
-    return SandboxSpec(cluster="hp-bench-eks", type="eks",
-                       groups=[GroupSpec("system", "ml.m5.2xlarge", cpu), GroupSpec("gpu-a", "ml.p5.48xlarge",
-                                                                                    (nodes - cpu + 1) // 2),
-                               GroupSpec("gpu-b", "ml.g5.8xlarge", (nodes - cpu) // 2)])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--scenario", type=Path, default=PROJECT / "scenarios" / "fleet-1000.yaml",
+                        help="an EKS scenario (docs/scenarios.md)")
     parser.add_argument("--workers", type=int, default=8, help="kubectl commands at once (kubectl_workers)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-kubectl-") as scratch:
         sandbox = Sandbox(Path(scratch) / "sandbox")
         started = time.monotonic()
-        status = sandbox.up(large_eks_spec(args.nodes))
+        status = sandbox.up(SandboxSpec.from_scenario(args.scenario))
         print(f"sandbox up: {len(status['nodes'])} EKS nodes in {time.monotonic() - started:.1f} s")
         try:
             stage = run_stage(sandbox, Path(scratch), args.workers)

@@ -4,10 +4,16 @@
 ROOT/kube/process.json) and writes ROOT/kube/kubeconfig, whose cluster, user and context are all
 named by the EKS cluster's ARN, as `aws eks update-kubeconfig` names them; `stop_kube(root)` stops it.
 
-The cluster it serves is built once from the sandbox status (nodes, and each node's optional
-`scenario.kubernetes: {ready, labels}`) and the manifests in fixtures/kube/cluster.yaml: nodes named
-`hyperpod-<instance-id>` with HyperPod's labels, the pods of every workload placed on those nodes,
-events, leases, and the HyperPod/Kubeflow custom resources.
+The cluster it serves is built once from the sandbox status (nodes, and each node's scenario
+settings: `status`, `fixture`, `kubernetes: {ready, labels}`; docs/scenarios.md) and the manifests in
+fixtures/kube/cluster.yaml: nodes named `hyperpod-<instance-id>` with HyperPod's labels, the pods of
+every workload placed on those nodes, events, leases, and the HyperPod/Kubeflow custom resources.
+HyperPod's node status sets the labels' defaults, as HyperPod would (a scenario's labels win):
+DeepHealthCheckInProgress -> Unschedulable with deep-health-check InProgress, SystemUpdating ->
+Unschedulable, Failure -> UnschedulablePendingReplacement; a Pending node has not joined the cluster
+yet, so it has no Node. A node labelled anything but Schedulable is cordoned (tainted, unschedulable).
+When any node is sick (not ready, not Schedulable, not Running, or a fixture other than healthy), the
+training job's worker on the first sick GPU node crash-loops, OOMKilled.
 
 What kubectl gets: legacy discovery (kubectl falls back to it from aggregated discovery), list and get
 with `limit`/`continue` pages, label and field selectors, and server-side Tables (per-kind columns,
@@ -19,7 +25,7 @@ is all `kubectl get secret -o json` could ever show here.
 
 Test hooks under /_emu/kube/ (loopback only, like everything here): `requests` (GET: every request
 seen, DELETE: forget them), `delay` (POST {"path_contains", "seconds"}: answers to matching paths wait
-that long; seconds 0 disarms), `node-labels` (POST {"node", "labels"}: set labels, null removes).
+that long, as a hung API server would; seconds 0 disarms).
 """
 
 from __future__ import annotations
@@ -278,10 +284,18 @@ def allocatable(instance_type: str) -> dict[str, str]:
     return values
 
 
+# HyperPod node status -> (node-health-status, deep-health-check-status) HyperPod sets for it.
+HEALTH_BY_STATUS = {
+    "DeepHealthCheckInProgress": ("Unschedulable", "InProgress"),
+    "SystemUpdating": ("Unschedulable", "Passed"),
+    "Failure": ("UnschedulablePendingReplacement", "Passed"),
+}
+
+
 def node_labels(node: dict, cluster: dict) -> dict[str, str]:
     name = node_name(node["instance_id"])
     _, _, gpus, efa, _ = INSTANCE_TYPES.get(node["instance_type"], UNKNOWN_INSTANCE_TYPE)
-    in_deep_health_check = hyperpod_status(node) == "DeepHealthCheckInProgress"
+    health, deep_health = HEALTH_BY_STATUS.get(hyperpod_status(node), ("Schedulable", "Passed"))
     labels = {
         "beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/instance-type": node["instance_type"],
         "beta.kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name,
@@ -290,8 +304,8 @@ def node_labels(node: dict, cluster: dict) -> dict[str, str]:
         "sagemaker.amazonaws.com/cluster-name": cluster["cluster"],
         "sagemaker.amazonaws.com/compute-type": "hyperpod",
         "sagemaker.amazonaws.com/instance-group-name": node["group"],
-        HEALTH_LABEL: "Unschedulable" if in_deep_health_check else "Schedulable",
-        DEEP_HEALTH_LABEL: "InProgress" if in_deep_health_check else "Passed",
+        HEALTH_LABEL: health,
+        DEEP_HEALTH_LABEL: deep_health,
     }
     if gpus:
         labels["nvidia.com/gpu.present"] = "true"
@@ -330,28 +344,22 @@ def node_taints(ready: bool, labels: dict[str, str], since: str) -> list[dict]:
     return taints
 
 
-def apply_node_labels(node_object: dict, labels: dict[str, str]) -> None:
-    """Labels decide schedulability (HyperPod cordons unhealthy nodes), so both change together."""
-    ready = node_is_ready(node_object)
-    since = node_object["metadata"]["creationTimestamp"]
-    node_object["metadata"]["labels"] = labels
-    node_object["spec"]["unschedulable"] = labels.get(HEALTH_LABEL, "Schedulable") != "Schedulable"
-    node_object["spec"]["taints"] = node_taints(ready, labels, since)
-
-
 def build_node(node: dict, cluster: dict, clock: "Clock") -> dict:
     name = node_name(node["instance_id"])
     ready = node_kubernetes(node).get("ready", True) is not False
+    labels = node_labels(node, cluster)
     fqdn = f"{node['hostname']}.{cluster['region']}.compute.internal"
     heartbeat = k8s_time(clock.now - timedelta(seconds=20 if ready else 1800))
     node_object = {
         "apiVersion": "v1", "kind": "Node",
         "metadata": {
-            "name": name, "uid": stable_uid("node", name), "creationTimestamp": clock.node_boot,
+            "name": name, "uid": stable_uid("node", name), "creationTimestamp": clock.node_boot, "labels": labels,
             "annotations": {"alpha.kubernetes.io/provided-node-ip": node["ip"], "node.alpha.kubernetes.io/ttl": "0",
                             "volumes.kubernetes.io/controller-managed-attach-detach": "true"},
         },
-        "spec": {},
+        # HyperPod cordons a node it does not call Schedulable.
+        "spec": {"unschedulable": labels[HEALTH_LABEL] != "Schedulable",
+                 "taints": node_taints(ready, labels, clock.node_ready)},
         "status": {
             "capacity": capacity(node["instance_type"]),
             "allocatable": allocatable(node["instance_type"]),
@@ -368,7 +376,6 @@ def build_node(node: dict, cluster: dict, clock: "Clock") -> dict:
             },
         },
     }
-    apply_node_labels(node_object, node_labels(node, cluster))
     return node_object
 
 
@@ -538,7 +545,6 @@ class Store:
 
     def __init__(self) -> None:
         self.objects: dict[Resource, list[dict]] = {resource: [] for resource in CATALOG}
-        self.lock = threading.Lock()
 
     def add(self, item: dict) -> dict:
         resource = BY_KIND[item["kind"]]
@@ -573,6 +579,8 @@ def build_cluster(cluster: dict, clock: Clock) -> Store:
     store = Store()
     nodes = {}
     for node in cluster["nodes"]:
+        if hyperpod_status(node) == "Pending":
+            continue  # still being provisioned: not registered with the cluster yet
         node_object = store.add(build_node(node, cluster, clock))
         nodes[node_object["metadata"]["name"]] = node_object
         store.add(node_lease(node_object, clock))
@@ -1276,20 +1284,6 @@ class KubeApi:
             return self.store.events_by_object.get(terms["involvedObject.name"], [])
         return self.store.objects[resource]
 
-    def set_node_labels(self, name: str, changes: dict[str, str | None]) -> tuple[int, dict]:
-        node_object = self.store.find("Node", name)
-        if node_object is None:
-            return not_found("nodes", name)
-        labels = dict(node_object["metadata"]["labels"])
-        for key, value in changes.items():
-            if value is None:
-                labels.pop(key, None)
-            else:
-                labels[key] = str(value)
-        with self.store.lock:
-            apply_node_labels(node_object, labels)
-        return 200, node_object
-
 
 class Faults:
     """Armed delays, and a log of every request, for tests that make kubectl wait or check what it asked."""
@@ -1341,8 +1335,6 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/_emu/kube/delay":
             self.faults.arm_delay(body["path_contains"], float(body.get("seconds") or 0))
             self.send_json(200, {"delays": self.faults.delays})
-        elif self.path == "/_emu/kube/node-labels":
-            self.send_json(*self.api.set_node_labels(body["node"], body.get("labels") or {}))
         else:
             self.send_json(*method_not_allowed())
 

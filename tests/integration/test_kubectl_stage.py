@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,13 +29,19 @@ HEALTH_LABEL = "sagemaker.amazonaws.com/node-health-status"
 CUSTOM_RESOURCES = ("pytorchjobs.kubeflow.org", "hyperpodpytorchjobs.sagemaker.amazonaws.com")
 
 
+# Two GPU nodes; HyperPod wants to reboot the second one (docs/scenarios.md).
+SCENARIO = {
+    "cluster": "hp-kubectl", "type": "eks",
+    "instance_groups": [{"name": "worker-group-1", "instance_type": "ml.g5.8xlarge", "count": 2}],
+    "nodes": {"worker-group-1/1": {"kubernetes": {"ready": False,
+                                                  "labels": {HEALTH_LABEL: "UnschedulablePendingReboot"}}}},
+}
+
+
 @pytest.fixture(scope="module")
 def cluster(sandbox_factory):
     require_tool("kubectl", "kubectl")
-    sandbox, status, env = sandbox_factory(SandboxSpec.simple(type="eks", nodes=2))
-    sick = f"hyperpod-{status['nodes'][1]['instance_id']}"
-    emu(status, "POST", "/_emu/kube/node-labels", {"node": sick, "labels": {HEALTH_LABEL: "UnschedulablePendingReboot"}})
-    return sandbox, status, env
+    return sandbox_factory(SandboxSpec.from_scenario(SCENARIO))
 
 
 def emu(status: dict, method: str, path: str, body: dict | None = None) -> dict:
@@ -102,10 +109,12 @@ def test_every_resource_in_three_forms_locally_and_in_s3(cluster, tmp_path):
     sick = f"hyperpod-{status['nodes'][1]['instance_id']}"
     labels = {line.split()[0]: line.split() for line in files["nodes.hyperpod-labels.txt"].decode().splitlines()}
     assert labels["NAME"][-4:] == ["NODE-HEALTH-STATUS", "DEEP-HEALTH-CHECK-STATUS", "FAULT-TYPE", "FAULT-REASON"]
-    assert labels[sick][1:] == ["Ready,SchedulingDisabled", "<none>", "60m", labels[sick][4],
-                                "UnschedulablePendingReboot", "Passed"]
+    assert labels[sick][1] == "NotReady,SchedulingDisabled"
+    assert labels[sick][-2:] == ["UnschedulablePendingReboot", "Passed"]
     nodes = {n["metadata"]["name"]: n for n in json.loads(files["nodes.json"])["items"]}
     assert nodes[sick]["metadata"]["labels"][HEALTH_LABEL] == "UnschedulablePendingReboot"
+    assert re.search(rf"llama3-70b-pretrain-worker-1 .*CrashLoopBackOff .*{sick}", files["pods.wide.txt"].decode())
+    assert b"OOMKilled" in files["pods.describe.txt"]
     assert b"llama3-70b-pretrain" in files["pytorchjobs.kubeflow.org.wide.txt"]
     assert b"Successfully assigned" in files["events.wide.txt"]
 

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,23 +15,25 @@ from collectors.sandbox import SandboxSpec, sandbox_client
 from collectors.sandbox.nodes import is_same_process, read_process_record
 from tests.conftest import require_tool
 
+PROJECT = Path(__file__).resolve().parents[2]
 HEALTH_LABEL = "sagemaker.amazonaws.com/node-health-status"
 
 
 @pytest.fixture(scope="module")
 def cluster(sandbox_factory):
+    """The shipped sick EKS scenario: nodes HyperPod cordoned, one not ready, an OOM-killed job."""
     require_tool("kubectl", "kubectl")
-    sandbox, status, env = sandbox_factory(SandboxSpec.simple(type="eks", nodes=3))
-    sick = f"hyperpod-{status['nodes'][2]['instance_id']}"
-    post(status, "/_emu/kube/node-labels", {"node": sick, "labels": {HEALTH_LABEL: "UnschedulablePendingReboot"}})
-    return sandbox, status, env
+    return sandbox_factory(SandboxSpec.from_scenario(PROJECT / "scenarios" / "eks-sick.yaml"))
 
 
-def post(status: dict, path: str, body: dict) -> dict:
-    request = urllib.request.Request(status["kubernetes"]["endpoint"] + path, data=json.dumps(body).encode(),
-                                     method="POST", headers={"Content-Type": "application/json"})
-    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=10) as answer:
-        return json.loads(answer.read())
+def node_named(status: dict, health: str | None = None, ready: bool = True) -> str:
+    """The Kubernetes name of the first node the scenario gives this health label and readiness."""
+    for node in status["nodes"]:
+        kubernetes = node["scenario"].get("kubernetes", {})
+        if kubernetes.get("labels", {}).get(HEALTH_LABEL) == health and kubernetes.get("ready", True) == ready \
+                and node["scenario"]["status"] == "Running":
+            return f"hyperpod-{node['instance_id']}"
+    raise AssertionError(f"no node with {health} in the scenario")
 
 
 def kubectl(env: dict, tmp_path: Path, *args: str) -> str:
@@ -62,20 +63,25 @@ def test_get_nodes_shows_every_node_with_hyperpod_labels(cluster, tmp_path):
         assert node["ip"] in row
     labelled = kubectl(env, tmp_path, "get", "nodes", "-L", HEALTH_LABEL)
     rows = {line.split()[0]: line.split() for line in labelled.splitlines()[1:]}
-    sick = rows[f"hyperpod-{status['nodes'][2]['instance_id']}"]
-    assert sick[1] == "Ready,SchedulingDisabled" and sick[-1] == "UnschedulablePendingReboot"
-    assert rows[f"hyperpod-{status['nodes'][0]['instance_id']}"][-1] == "Schedulable"
+    rebooting = rows[node_named(status, "UnschedulablePendingReboot", ready=False)]
+    assert rebooting[1] == "NotReady,SchedulingDisabled" and rebooting[-1] == "UnschedulablePendingReboot"
+    assert rows[node_named(status, "UnschedulablePendingReplacement")][-1] == "UnschedulablePendingReplacement"
+    assert rows[node_named(status)][1:2] == ["Ready"] and rows[node_named(status)][-1] == "Schedulable"
 
 
 def test_describe_pods_and_events_give_real_output(cluster, tmp_path):
     sandbox, status, env = cluster
     described = kubectl(env, tmp_path, "describe", "pods", "-A")
     first_node = f"hyperpod-{status['nodes'][0]['instance_id']}"
+    # The training worker on the rebooting node is the scenario's OOM-killed, crash-looping pod.
+    assert re.search(r"^\s+Reason:\s+CrashLoopBackOff$", described, re.M)
+    assert re.search(r"^\s+Reason:\s+OOMKilled$", described, re.M)
     assert re.search(r"^Name:\s+aws-node-", described, re.M) and re.search(rf"^Node:\s+{first_node}/", described, re.M)
     assert re.search(r"^Controlled By:\s+DaemonSet/aws-node", described, re.M) and "Conditions:" in described
     events = kubectl(env, tmp_path, "get", "events", "-A", "--sort-by=.lastTimestamp")
     assert events.splitlines()[0].split()[:4] == ["NAMESPACE", "LAST", "SEEN", "TYPE"]
     assert f"node/{first_node}" in events and "Successfully assigned training/" in events
+    assert re.search(r"Warning\s+BackOff\s+pod/llama3-70b-pretrain-worker-1\s", events)
 
 
 def test_secret_values_are_never_served(cluster, tmp_path):

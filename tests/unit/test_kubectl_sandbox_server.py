@@ -136,14 +136,23 @@ def test_discovery_lists_the_custom_resources_and_unknown_paths_are_status_404(h
     assert status == 404 and body["kind"] == "Status"
 
 
-def test_node_labels_hook_cordons_and_uncordons(healthy_api):
-    name = "hyperpod-i-00000000000000001"
-    healthy_api.set_node_labels(name, {HEALTH_LABEL: "UnschedulablePendingReplacement"})
-    status, node = healthy_api.get(f"/api/v1/nodes/{name}", {}, "application/json")
-    assert node["spec"]["unschedulable"] and {"key": HEALTH_LABEL, "value": "UnschedulablePendingReplacement",
-                                              "effect": "NoSchedule"} in node["spec"]["taints"]
-    healthy_api.set_node_labels(name, {HEALTH_LABEL: "Schedulable"})
-    assert not healthy_api.get(f"/api/v1/nodes/{name}", {}, "application/json")[1]["spec"]["unschedulable"]
+def test_hyperpod_status_sets_the_label_defaults_and_pending_nodes_have_not_joined():
+    status = sandbox_status(sick=False)
+    for node, hyperpod in zip(status["nodes"], ["Pending", "DeepHealthCheckInProgress", "Failure", "Running"]):
+        node["scenario"] = {"status": hyperpod}
+    status["nodes"][2]["scenario"]["kubernetes"] = {"labels": {"sagemaker.amazonaws.com/fault-type": "GpuFault"}}
+    api = KubeApi(kube.build_cluster(status, Clock(datetime.now(timezone.utc))))
+    nodes = {n["metadata"]["name"]: n for n in items(api, "/api/v1/nodes")}
+    assert "hyperpod-i-00000000000000000" not in nodes
+    in_check = nodes["hyperpod-i-00000000000000001"]
+    assert in_check["metadata"]["labels"][HEALTH_LABEL] == "Unschedulable"
+    assert in_check["metadata"]["labels"]["sagemaker.amazonaws.com/deep-health-check-status"] == "InProgress"
+    failed = nodes["hyperpod-i-00000000000000002"]
+    assert failed["metadata"]["labels"][HEALTH_LABEL] == "UnschedulablePendingReplacement"
+    assert failed["metadata"]["labels"]["sagemaker.amazonaws.com/fault-type"] == "GpuFault"
+    assert failed["spec"]["unschedulable"] and {"key": HEALTH_LABEL, "value": "UnschedulablePendingReplacement",
+                                                "effect": "NoSchedule"} in failed["spec"]["taints"]
+    assert not nodes["hyperpod-i-00000000000000003"]["spec"]["unschedulable"]
 
 
 @pytest.mark.parametrize("seconds, text", [(5, "5s"), (125, "2m5s"), (600, "10m"), (3 * 3600 + 60, "3h1m"),
