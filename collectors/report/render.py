@@ -12,6 +12,8 @@ from typing import Any
 
 from collectors.report.catalog import SEVERITIES
 
+# Findings about the collector itself (an item that failed), not about the cluster.
+COLLECTION_RULES = ("collect.item_",)
 IDS_PER_GROUP = 6
 INFO_LINES = 8
 EVIDENCE_WIDTH = 160
@@ -61,9 +63,16 @@ def finding_lines(finding: dict[str, Any]) -> list[str]:
 
 
 def info_lines(findings: list[dict[str, Any]]) -> list[str]:
-    lines = [f"  [{f['id']}] {f['title']}: {f['node_set']}" for f in findings[:INFO_LINES]]
-    if len(findings) > INFO_LINES:
-        lines.append(f"  ... {len(findings) - INFO_LINES} more info finding(s) in report.md")
+    """One line per info finding about the cluster; the collector's own (items that failed on a
+    node) share one line at the end, since they say what is missing, not what is wrong."""
+    about_cluster = [f for f in findings if not f["rule"].startswith(COLLECTION_RULES)]
+    lines = [f"  [{f['id']}] {f['title']}: {f['node_set']}" for f in about_cluster[:INFO_LINES]]
+    if len(about_cluster) > INFO_LINES:
+        lines.append(f"  ... {len(about_cluster) - INFO_LINES} more info finding(s) in report.md")
+    collection = [f for f in findings if f["rule"].startswith(COLLECTION_RULES)]
+    if collection:
+        items = ", ".join(f"{f['key'] or f['rule']} ({plural(f['node_count'], 'node')})" for f in collection)
+        lines.append(f"  collection: {one_line(items, EVIDENCE_WIDTH)} (see each bundle's manifest.tsv)")
     return lines
 
 
