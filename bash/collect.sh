@@ -561,6 +561,7 @@ hpc_main() {
   hpc_progress "collecting $CLUSTER_TYPE node $INSTANCE_ID ($(hpc_printable "$INSTANCE_GROUP")) into $HPC_REPORT_NAME"
   hpc_items_common
   "hpc_items_$CLUSTER_TYPE"
+  hpc_items_gpu
   hpc_run_user_commands
   hpc_items_slow_common
   "hpc_items_slow_$CLUSTER_TYPE"

@@ -2,8 +2,10 @@
 # common.sh: items collected on every node, EKS or Slurm. One function per item
 # (item_NAME); hpc_items_common declares them in the order they run, with their output
 # name inside the report folder and what must be present on the node for them to run
-# (see hpc_item in lib.sh). hpc_items_slow runs last, after the operator's commands, so
-# that a slow tool that hits its time limit costs nothing else.
+# (see hpc_item in lib.sh). The order is what matters most when a node is sick: files and
+# logs first (the Xid that explains everything is in kern.log), the orchestrator's items next,
+# then the GPU items (nvidia-smi is what hangs on a sick GPU), the operator's commands, and
+# the slow optional tools last, so that a tool that hits its time limit costs nothing else.
 
 # Exported: item bodies run in their own bash processes and read these there.
 declare -rx HPC_RESOURCE_CONFIG=/opt/ml/config/resource_config.json
@@ -21,18 +23,6 @@ hpc_items_common() {
   hpc_item uname uname.txt
   hpc_item uptime uptime.txt
   hpc_item versions versions.txt
-  hpc_item nvidia_smi nvidia_smi.txt needs=nvidia-smi
-  hpc_item nvidia_smi_q nvidia_smi_q.txt needs=nvidia-smi
-  hpc_item nvidia_smi_gpus nvidia_smi_gpus.csv needs=nvidia-smi
-  hpc_item nvidia_smi_remapped_rows nvidia_smi_remapped_rows.csv needs=nvidia-smi
-  hpc_item nvidia_smi_nvlink_status nvidia_smi_nvlink_status.txt needs=nvidia-smi
-  hpc_item nvidia_smi_nvlink_errors nvidia_smi_nvlink_errors.txt needs=nvidia-smi
-  hpc_item fabricmanager fabricmanager.txt \
-    'needs=/dev/nvidia-nvswitchctl|/proc/driver/nvidia-nvswitch|/var/log/fabricmanager.log'
-  hpc_item lspci lspci.txt needs=lspci
-  hpc_item lsmod lsmod.txt 'needs=lsmod|/proc/modules'
-  hpc_item fi_info_efa fi_info_efa.txt needs=fi_info
-  hpc_item efa_counters efa_counters.txt "needs=$HPC_INFINIBAND"
   hpc_item dmesg_T dmesg_T.txt needs=dmesg
   hpc_item journal_kernel journal_kernel.txt needs=journalctl
   hpc_item syslog syslog needs=/var/log/syslog
@@ -47,6 +37,23 @@ hpc_items_common() {
   hpc_item disk_inodes disk_inodes.txt
   hpc_item memory memory.txt
   hpc_item processes processes.txt needs=ps
+  hpc_item lspci lspci.txt needs=lspci
+  hpc_item lsmod lsmod.txt 'needs=lsmod|/proc/modules'
+  hpc_item fi_info_efa fi_info_efa.txt needs=fi_info
+  hpc_item efa_counters efa_counters.txt "needs=$HPC_INFINIBAND"
+}
+
+# After the orchestrator's items. Once one nvidia-smi item has timed out, the others are not
+# run (tool=): on a wedged GPU each would only burn its whole time limit.
+hpc_items_gpu() {
+  hpc_item nvidia_smi nvidia_smi.txt needs=nvidia-smi tool=nvidia-smi
+  hpc_item nvidia_smi_q nvidia_smi_q.txt needs=nvidia-smi tool=nvidia-smi
+  hpc_item nvidia_smi_gpus nvidia_smi_gpus.csv needs=nvidia-smi tool=nvidia-smi
+  hpc_item nvidia_smi_remapped_rows nvidia_smi_remapped_rows.csv needs=nvidia-smi tool=nvidia-smi
+  hpc_item nvidia_smi_nvlink_status nvidia_smi_nvlink_status.txt needs=nvidia-smi tool=nvidia-smi
+  hpc_item nvidia_smi_nvlink_errors nvidia_smi_nvlink_errors.txt needs=nvidia-smi tool=nvidia-smi
+  hpc_item fabricmanager fabricmanager.txt \
+    'needs=/dev/nvidia-nvswitchctl|/proc/driver/nvidia-nvswitch|/var/log/fabricmanager.log'
 }
 
 # Slow, optional: nvidia-bug-report.sh takes minutes on a node with 8 GPUs.
@@ -133,9 +140,8 @@ hpc_paths_section() {
 item_versions() {
   shopt -s nullglob
   hpc_files_section "os" /etc/os-release
+  # (not nvidia-smi, which may hang: nvidia_smi_gpus.csv has its driver and VBIOS versions)
   hpc_files_section "nvidia driver" /proc/driver/nvidia/version
-  hpc_section "nvidia-smi driver and vbios" nvidia-smi \
-    --query-gpu=index,driver_version,vbios_version --format=csv
   hpc_paths_section "cuda installs" /usr/local/cuda /usr/local/cuda-*
   hpc_files_section "cuda version" /usr/local/cuda/version.json /usr/local/cuda/version.txt
   hpc_section "nvcc" nvcc --version
@@ -307,14 +313,21 @@ item_processes() {
 
 # nvidia-bug-report.sh may hang on a sick GPU and still leave a useful partial file, so
 # it gets two thirds of the item's time, then --safe-mode (skips the hanging parts) gets
-# the rest (if the first one ignored TERM, the item's own limit ends both). It writes
-# into the current folder: a private one.
+# the rest (if the first one ignored TERM, the item's own limit ends both); when
+# nvidia-smi has already hung here, only --safe-mode runs. It writes into the current
+# folder: a private one.
 item_nvidia_bug_report() {
   local dir=$1 first rest rc=0
   first=$((HPC_THIS_ITEM_LIMIT * 2 / 3))
   rest=$((HPC_THIS_ITEM_LIMIT - first - 1))
   mkdir -p -- "$HPC_ITEM_TMP"
   cd "$HPC_ITEM_TMP" || return 1
+  if [[ -n ${HPC_HUNG_NVIDIA_SMI:-} ]]; then
+    printf 'nvidia-smi did not return in %s: --safe-mode only\n' "$HPC_HUNG_NVIDIA_SMI"
+    timeout --kill-after="$HPC_KILL_GRACE" "$((HPC_THIS_ITEM_LIMIT - 1))" \
+      nvidia-bug-report.sh --safe-mode --output-file "$dir/nvidia-bug-report.log" </dev/null
+    return
+  fi
   timeout --kill-after="$HPC_KILL_GRACE" "$first" \
     nvidia-bug-report.sh --output-file "$dir/nvidia-bug-report.log" </dev/null || rc=$?
   if ((rc == 124 || rc == 137)) && ((rest > 0)); then

@@ -34,6 +34,10 @@ HPC_BUNDLE_BYTES=0
 HPC_ITEM_PID=""
 HPC_INTERRUPTED=""
 HPC_WAIT_INTERRUPTED=0
+# Set by hpc_settle_item: whether the item just settled hit its time limit.
+HPC_LAST_TIMED_OUT=0
+# The item in which nvidia-smi did not return (see hpc_item tool=), for the items after it.
+HPC_HUNG_NVIDIA_SMI=""
 # manifest.tsv and manifest_files.tsv rows, kept in memory and written when packaging: a
 # disk that fills up mid-run must not lose the record of what was collected.
 HPC_MANIFEST_ROWS=()
@@ -339,7 +343,8 @@ hpc_export_functions() {
     esac
   done < <(declare -F)
   export INSTANCE_GROUP INSTANCE_ID CLUSTER_TYPE HPC_SINCE HPC_SINCE_EPOCH HPC_SINCE_JOURNAL \
-    HPC_FILE_CAP_BYTES HPC_CUTS_FILE HPC_POD_NAMESPACES HPC_EKS_COLLECTOR_SHA256 HPC_KILL_GRACE HPC_RC_UNSUPPORTED
+    HPC_FILE_CAP_BYTES HPC_CUTS_FILE HPC_POD_NAMESPACES HPC_EKS_COLLECTOR_SHA256 HPC_KILL_GRACE HPC_RC_UNSUPPORTED \
+    HPC_HUNG_NVIDIA_SMI
 }
 
 # `wait` returns early when a trapped signal arrives (the trap then stops the item);
@@ -461,13 +466,14 @@ hpc_run_item() {
 }
 
 # Declares one built-in item: `hpc_item NAME OUTPUT [needs=A|B] [when=VAR] [limit=VAR]
-# [secret=VAR]`. Its body is the function item_NAME.
+# [secret=VAR] [tool=nvidia-smi]`. Its body is the function item_NAME.
 #   needs   what must be on the node (see hpc_available); absent: a "skipped" row
 #   when    the item runs only when $VAR is 1 (a node option); else a "skipped" row
 #   limit   the item's own time limit is $VAR seconds instead of HPC_ITEM_TIMEOUT
 #   secret  the item's stdin is a curl config line for the URL in $VAR; empty: not run
+#   tool    the item is nvidia-smi: once one such item has timed out, the rest are not run
 hpc_item() {
-  local name=$1 output=$2 option needs="" when="" limit_var="" secret_var="" secret=""
+  local name=$1 output=$2 option needs="" when="" limit_var="" secret_var="" secret="" tool=""
   shift 2
   for option in "$@"; do
     case $option in
@@ -475,6 +481,7 @@ hpc_item() {
       when=*) when=${option#when=} ;;
       limit=*) limit_var=${option#limit=} ;;
       secret=*) secret_var=${option#secret=} ;;
+      tool=*) tool=${option#tool=} ;;
     esac
   done
   if [[ -n $when && ${!when:-0} != 1 ]]; then
@@ -492,7 +499,14 @@ hpc_item() {
       return 0
     fi
   fi
+  if [[ -n $tool && -n $HPC_HUNG_NVIDIA_SMI ]]; then
+    hpc_record_not_run "$name" "$output" "$HPC_RC_DEADLINE" 0 "nvidia-smi did not return in $HPC_HUNG_NVIDIA_SMI"
+    return 0
+  fi
   hpc_run_item "$name" "$output" function "item_$name" "${limit_var:+${!limit_var}}" "$secret"
+  if [[ -n $tool ]] && ((HPC_LAST_TIMED_OUT)); then
+    HPC_HUNG_NVIDIA_SMI=$name
+  fi
 }
 
 # ---------------------------------------------------------------- after an item
@@ -613,6 +627,7 @@ hpc_list_item_files() {
 # then record each file (manifest_files.tsv) and the item (manifest.tsv).
 hpc_settle_item() {
   local name=$1 path=$2 dir=$3 rc=$4 ms=$5 timed_out=$6
+  HPC_LAST_TIMED_OUT=$timed_out
   local file size cut=0 redactions=0 note="" rel row took shown extra=""
   local -A cuts=()
   declare -gA HPC_SIZES=() HPC_REDACTED=()

@@ -7,6 +7,7 @@ need /var/log, /opt or a small /tmp of their own run the script in a mount names
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.server
 import io
@@ -38,11 +39,11 @@ INSTANCE = "i-0123456789abcdef0"
 REPORT_DIR_RE = re.compile(rf"hyperpod_report_[A-Za-z0-9._-]+_{INSTANCE}_\d{{8}}_\d{{6}}")
 MANIFEST_COLUMNS = ["item", "rc", "seconds", "bytes", "timed_out", "cut_bytes", "redactions", "note"]
 COMMON_ITEMS = ["instance_group", "instance_id", "cluster_type", "hostname", "timestamp", "uname", "uptime",
-                "versions", "nvidia_smi", "nvidia_smi_q", "nvidia_smi_gpus", "nvidia_smi_remapped_rows",
-                "nvidia_smi_nvlink_status", "nvidia_smi_nvlink_errors", "fabricmanager", "lspci", "lsmod",
-                "fi_info_efa", "efa_counters", "dmesg_T", "journal_kernel", "syslog", "messages", "kern_log",
-                "rotated_logs", "resource_config", "cluster_logs", "systemd_services", "systemd_failed",
-                "disk_usage", "disk_inodes", "memory", "processes"]
+                "versions", "dmesg_T", "journal_kernel", "syslog", "messages", "kern_log", "rotated_logs",
+                "resource_config", "cluster_logs", "systemd_services", "systemd_failed", "disk_usage", "disk_inodes",
+                "memory", "processes", "lspci", "lsmod", "fi_info_efa", "efa_counters"]
+GPU_ITEMS = ["nvidia_smi", "nvidia_smi_q", "nvidia_smi_gpus", "nvidia_smi_remapped_rows", "nvidia_smi_nvlink_status",
+             "nvidia_smi_nvlink_errors", "fabricmanager"]
 EKS_ITEMS = ["kubelet_status", "containerd_status", "kubelet_journal", "containerd_journal", "containerd_config",
              "kubelet_config", "cni_config", "cni_logs", "pod_logs"]
 SLURM_ITEMS = ["sinfo", "sinfo_R", "scontrol_show_node", "squeue_node", "slurmctld_status", "slurmd_status",
@@ -66,8 +67,8 @@ ECHO_TOOLS = ("nvidia-smi", "dmesg", "journalctl", "lspci", "lsmod", "fi_info", 
 
 
 def expected_items(cluster_type: str, commands: int = 0) -> list[str]:
-    return (COMMON_ITEMS + CLUSTER_ITEMS[cluster_type] + [f"command_{n:02d}" for n in range(1, commands + 1)]
-            + SLOW_ITEMS[cluster_type])
+    return (COMMON_ITEMS + CLUSTER_ITEMS[cluster_type] + GPU_ITEMS
+            + [f"command_{n:02d}" for n in range(1, commands + 1)] + SLOW_ITEMS[cluster_type])
 
 
 # ---------------------------------------------------------------- servers
@@ -420,15 +421,15 @@ def sleeping(seconds: str) -> list[int]:
 
 
 def test_hung_and_failing_items_are_recorded_and_the_rest_still_uploaded(s3, tmp_path):
-    # nvidia-smi wedged behind a TERM-ignoring child, `nvidia-smi -q` failing, an operator
-    # command that ignores TERM itself (only --kill-after's KILL ends it), and
-    # nvidia-bug-report.sh hanging until it is run with --safe-mode. The sleeps have unusual
-    # lengths so that a survivor can be found.
+    # lspci wedged behind a TERM-ignoring child, `nvidia-smi -q` failing, a query this nvidia-smi
+    # does not know, an operator command that ignores TERM itself (only --kill-after's KILL ends
+    # it), and nvidia-bug-report.sh hanging until it is run with --safe-mode. The sleeps have
+    # unusual lengths so that a survivor can be found.
     node = Node(tmp_path, "eks", ("trap '' TERM; sleep 6002", "echo after"))
+    node.stand_in("lspci", "trap '' TERM\necho partial output\nsleep 6001")
     node.stand_in("nvidia-smi", """case "$*" in
-  "") trap '' TERM; echo partial output; sleep 6001 ;;
   -q) echo 'NVIDIA-SMI has failed: no driver' >&2; exit 9 ;;
-  "nvlink -e") echo "Invalid combination of input arguments. Please run 'nvidia-smi -h' for help."; exit 2 ;;
+  *--query-remapped-rows=*) echo 'Field "remapped_rows.pending" is not a valid field to query.'; exit 2 ;;
   *) echo "nvidia-smi stand-in: $*" ;;
 esac""")
     node.stand_in("nvidia-bug-report.sh", """case "$*" in
@@ -440,40 +441,62 @@ esac""")
     assert run.rc == 3 and run.status == "ok_with_errors", run.stdout + run.stderr
     rows = manifest(files)
     assert [r["item"] for r in rows] == expected_items("eks", 2)
-    assert row(rows, "nvidia_smi")["rc"] == "124" and row(rows, "nvidia_smi")["timed_out"] == "1"
+    assert row(rows, "lspci")["rc"] == "124" and row(rows, "lspci")["timed_out"] == "1"
     assert row(rows, "nvidia_smi_q")["rc"] == "9" and row(rows, "nvidia_smi_q")["timed_out"] == "0"
     assert row(rows, "command_01")["rc"] == "137" and row(rows, "command_01")["timed_out"] == "1"
-    assert files["nvidia_smi.txt"].startswith(b"partial output\n")
-    assert b"cut after 2s" in files["nvidia_smi.txt"]
+    assert files["lspci.txt"].startswith(b"partial output\n")
+    assert b"cut after 2s" in files["lspci.txt"]
     assert files["nvidia_smi_q.txt"] == b"NVIDIA-SMI has failed: no driver\n"
-    # an nvidia-smi that does not know a query is a version fact, not a failure; its words are kept
-    errors = row(rows, "nvidia_smi_nvlink_errors")
-    assert errors["rc"] == "0" and errors["note"] == ("unsupported: Invalid combination of input arguments. "
-                                                      "Please run 'nvidia-smi -h' for help.")
-    assert files["nvidia_smi_nvlink_errors.txt"].startswith(b"Invalid combination of input arguments.")
-    assert "[hpc] nvidia_smi_nvlink_errors rc=0" in run.stdout and " unsupported\n" in run.stdout
     assert files["command_02_echo_after.txt"] == b"after\n"
+    # an nvidia-smi that does not know a query is a version fact, not a failure; its words are kept
+    remapped = row(rows, "nvidia_smi_remapped_rows")
+    assert remapped["rc"] == "0"
+    assert remapped["note"] == 'unsupported: Field "remapped_rows.pending" is not a valid field to query.'
+    assert files["nvidia_smi_remapped_rows.csv"].startswith(b'Field "remapped_rows.pending"')
+    assert "[hpc] nvidia_smi_remapped_rows rc=0" in run.stdout and " unsupported\n" in run.stdout
     # the first nvidia-bug-report.sh timed out; its partial file is kept, --safe-mode then ran
     assert row(rows, "nvidia_bug_report")["rc"] == "0"
     assert files["nvidia_bug_report/nvidia-bug-report.partial.log.gz"] == b"partial\n"
     assert files["nvidia_bug_report/nvidia-bug-report.log.gz"] == b"safe\n"
     assert b"again with --safe-mode" in files["nvidia_bug_report.log"]
-    failed = {"nvidia_smi", "nvidia_smi_q", "command_01"}
+    failed = {"lspci", "nvidia_smi_q", "command_01"}
     assert all(r["rc"] == "0" for r in rows if r["item"] not in failed)
     assert run.result["failed_items"] == "3"
     assert run.stdout.count("TIMED OUT") == 2
     assert sleeping("6001") == [] and sleeping("6002") == [] and sleeping("6003") == []
 
 
+def test_once_nvidia_smi_hangs_the_other_gpu_items_are_not_run(tmp_path):
+    node = Node(tmp_path, "slurm")
+    node.stand_in("nvidia-smi", """case "$*" in
+  *--query-gpu=*) exec sleep 6004 ;;
+  *) echo "nvidia-smi stand-in: $*" ;;
+esac""")
+    node.stand_in("nvidia-bug-report.sh", 'echo "$*" | gzip > "$3.gz"')
+    run = node.run(HPC_KEEP_DIR=str(tmp_path / "keep"), HPC_ITEM_TIMEOUT="2")
+    assert run.status == "ok_with_errors", run.stdout + run.stderr
+    files = report_files(kept_tarball(run))
+    rows = manifest(files)
+    assert row(rows, "nvidia_smi")["rc"] == "0" and row(rows, "nvidia_smi_q")["rc"] == "0"
+    assert row(rows, "nvidia_smi_gpus")["rc"] == "124" and row(rows, "nvidia_smi_gpus")["timed_out"] == "1"
+    for item in ("nvidia_smi_remapped_rows", "nvidia_smi_nvlink_status", "nvidia_smi_nvlink_errors"):
+        assert row(rows, item)["rc"] == "124" and row(rows, item)["timed_out"] == "0"
+        assert row(rows, item)["note"] == "not run: nvidia-smi did not return in nvidia_smi_gpus"
+    # nvidia-bug-report.sh goes straight to --safe-mode, which skips what may hang
+    assert gzip.decompress(files["nvidia_bug_report/nvidia-bug-report.log.gz"]).startswith(b"--safe-mode ")
+    assert b"nvidia-smi did not return in nvidia_smi_gpus: --safe-mode only" in files["nvidia_bug_report.log"]
+    assert sleeping("6004") == []
+
+
 def test_node_deadline_caps_items_and_upload_still_happens(s3, tmp_path):
     node = Node(tmp_path, "eks", ("echo late",))
-    node.stand_in("nvidia-smi", "exec sleep 600")
+    node.stand_in("dmesg", "exec sleep 600")
     run, files = run_uploading(s3, node, "deadline/one.tar.gz",
                                HPC_ITEM_TIMEOUT="600", HPC_DEADLINE_SECONDS="2")
     assert run.rc == 3 and run.status == "ok_with_errors"
     rows = manifest(files)
-    assert row(rows, "nvidia_smi")["rc"] == "124" and row(rows, "nvidia_smi")["timed_out"] == "1"
-    for item in ("disk_usage", "systemd_services", "kubelet_status", "command_01"):
+    assert row(rows, "dmesg_T")["rc"] == "124" and row(rows, "dmesg_T")["timed_out"] == "1"
+    for item in ("disk_usage", "systemd_services", "kubelet_status", "nvidia_smi", "command_01"):
         assert {k: row(rows, item)[k] for k in ("rc", "seconds", "timed_out")} == {
             "rc": "124", "seconds": "0.000", "timed_out": "1"}
         assert row(rows, item)["note"] == "not run: node deadline of 2s reached"

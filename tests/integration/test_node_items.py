@@ -1,11 +1,13 @@
 """Every node item on real sandbox nodes (Linux namespaces), EKS and Slurm (real Slurm), item by item.
 
 The composed script runs inside a node as root, the way a session would start it, and keeps its
-tarball on the node (HPC_KEEP_DIR). What the sandbox's fixture packs do not provide (lspci,
-fi_info, EFA counters under /sys/class/infiniband, CNI and containerd configuration in /etc,
-pod logs, nvidia-bug-report.sh, the EKS log collector) is added by these tests: stand-ins on
-the node's PATH, files in the node's own /var/log, and for /etc and /sys a private mount
-namespace inside the node. The EKS log collector is a tiny fake served from 127.0.0.1.
+tarball on the node (HPC_KEEP_DIR) or uploads it to the sandbox's S3 through presigned URLs. The
+sandbox's fixture packs and faults make nodes sick (a GPU fallen off the bus, a hung nvidia-smi,
+a full /tmp, a drained Slurm node). What they do not provide (lspci, fi_info, EFA counters under
+/sys/class/infiniband, CNI and containerd configuration in /etc, pod logs, nvidia-bug-report.sh,
+the EKS log collector) is added by these tests: stand-ins on the node's PATH, files in the node's
+own /var/log, and for /etc and /sys a private mount namespace inside the node. The EKS log
+collector is a tiny fake served from 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import json
 import os
 import re
 import tarfile
@@ -23,15 +26,16 @@ from pathlib import Path
 import pytest
 
 from collectors.nodescript import NodeOptions, compose
-from collectors.sandbox import SandboxSpec, slurm
+from collectors.sandbox import SandboxSpec, sandbox_client
 from collectors.sandbox.nodes import node_dir
 from tests.conftest import require_tool
 
 ODD_GROUP = 'group "with quotes" and it\'s spaces'
 ISSUE_COMMAND = "echo \"it's $HOME `id`\""  # `--command "echo \"it's \$HOME \`id\`\""` as it reaches the node
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
-DRAIN_REASON = "Kill task failed"
-TEST_DIR = "/tmp/hpc-items"  # inside the node; the node's /tmp is its own folder on the host
+DRAIN_REASON = "Xid 79: GPU fell off the bus"
+# Inside the node, in its own /opt (a folder on the host): not /tmp, which a fault may replace.
+TEST_DIR = "/opt/hpc-items"
 NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Runs the rest of its arguments in a private mount namespace inside the node, with the test's
@@ -76,13 +80,20 @@ def write(path: Path, text: str | bytes, mode: int | None = None, mtime: float |
         os.utime(path, (mtime, mtime))
 
 
+def host_path(sandbox, node: dict, path: str) -> Path:
+    """Where a path under the node's /opt or /var/log is on the host."""
+    top, _, rest = path.removeprefix("/").partition("/")
+    folder = {"opt": "opt", "var": "varlog"}[top]
+    return node_dir(sandbox.root, node["instance_id"]) / folder / rest.removeprefix("log/") if top == "var" \
+        else node_dir(sandbox.root, node["instance_id"]) / folder / rest
+
+
 class NodeRun:
-    """One run of the composed script inside a sandbox node, and the tarball it kept there."""
+    """One run of the composed script inside a sandbox node, and its tarball (kept there, or in S3)."""
 
     def __init__(self, sandbox, node: dict, cluster_type: str, name: str, *, commands=(), options=None,
-                 env: dict[str, str] | None = None, private_mounts: bool = False):
-        host_tmp = node_dir(sandbox.root, node["instance_id"]) / "tmp"
-        test_dir = host_tmp / TEST_DIR.removeprefix("/tmp/")
+                 env: dict[str, str] | None = None, private_mounts: bool = False, upload: tuple | None = None):
+        test_dir = host_path(sandbox, node, TEST_DIR)
         write(test_dir / f"{name}.sh", compose(cluster_type, commands, options=options))
         variables = {"PATH": f"{TEST_DIR}/bin:{NODE_PATH}", "INSTANCE_GROUP": node["group"],
                      "INSTANCE_ID": node["instance_id"], "CLUSTER_TYPE": cluster_type,
@@ -97,8 +108,12 @@ class NodeRun:
         last = self.stdout.splitlines()[-1] if self.stdout else ""
         assert last.startswith("HPC_RESULT "), self.stdout + self.stderr
         self.result = dict(part.split("=", 1) for part in last.split()[1:])
-        kept = host_tmp / self.result["kept"].removeprefix("/tmp/")
-        self.files = report_files(kept.read_bytes())
+        if upload:
+            s3, bucket, key = upload
+            tarball = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        else:
+            tarball = host_path(sandbox, node, self.result["kept"]).read_bytes()
+        self.files = report_files(tarball)
         self.rows = {row["item"]: row for row in table(self.files, "manifest.tsv")}
 
     def text(self, name: str) -> str:
@@ -124,6 +139,8 @@ def assert_every_item_is_honest(run: NodeRun) -> None:
             assert row["rc"] == "0" and row["bytes"] == "0", row
         elif row["note"].startswith("unsupported: "):  # the tool's own words for it are in the file
             assert row["rc"] == "0" and int(row["bytes"]) > 0, row
+        elif row["note"].startswith("not run: "):  # and a file that says why
+            assert row["rc"] != "0" and int(row["bytes"]) > 0, row
         else:
             assert int(row["bytes"]) > 0 and row["note"] == "", row
     assert int(run.result["items"]) == len(run.rows)
@@ -167,12 +184,15 @@ def fake_collector():
 
 # ---------------------------------------------------------------- EKS
 
+def add_stand_ins(sandbox, node: dict) -> None:
+    for name, body in STAND_INS.items():
+        write(host_path(sandbox, node, f"{TEST_DIR}/bin/{name}"), f"#!/bin/sh\n{body}\n", mode=0o755)
+
+
 def provision_eks_node(sandbox, node: dict) -> None:
     """What a real HyperPod EKS node has and the sandbox's fixture pack does not."""
-    host_tmp = node_dir(sandbox.root, node["instance_id"]) / "tmp" / TEST_DIR.removeprefix("/tmp/")
-    for name, body in STAND_INS.items():
-        write(host_tmp / "bin" / name, f"#!/bin/sh\n{body}\n", mode=0o755)
-    fixtures = host_tmp / "fixtures"
+    add_stand_ins(sandbox, node)
+    fixtures = host_path(sandbox, node, f"{TEST_DIR}/fixtures")
     write(fixtures / "etc" / "cni" / "net.d" / "10-aws.conflist", '{"cniVersion": "0.4.0", "name": "aws-cni"}\n')
     write(fixtures / "etc" / "kubernetes" / "kubelet" / "config.json", '{"kind": "KubeletConfiguration"}\n')
     write(fixtures / "etc" / "kubernetes" / "kubelet" / "kubeconfig", "users:\n- name: kubelet\n")
@@ -217,13 +237,10 @@ NVIDIA_QUERIES = ("nvidia_smi_q", "nvidia_smi_gpus", "nvidia_smi_remapped_rows",
 def test_eks_every_item_runs_and_says_what_it_found(eks_full):
     run, _, node, _ = eks_full
     assert_every_item_is_honest(run)
-    assert not [item for item, row in run.rows.items() if row["note"].startswith("skipped")]
-    # The sandbox's nvidia-smi may not know every query yet: those say so, and fail nothing.
-    unsupported = {item for item, row in run.rows.items() if row["note"].startswith("unsupported")}
-    assert unsupported <= set(NVIDIA_QUERIES), unsupported
+    assert not [item for item, row in run.rows.items() if row["note"]]  # nothing skipped, unsupported or cut
     assert run.rc == 0 and run.result["status"] == "ok", run.stdout + run.stderr
     ran_ok(run, "instance_group", "instance_id", "cluster_type", "hostname", "timestamp", "uname", "uptime",
-           "versions", "nvidia_smi", "fabricmanager", "lspci", "lsmod", "fi_info_efa", "efa_counters", "dmesg_T",
+           "versions", "nvidia_smi", *NVIDIA_QUERIES, "fabricmanager", "lspci", "lsmod", "fi_info_efa", "efa_counters", "dmesg_T",
            "journal_kernel", "syslog", "messages", "kern_log", "rotated_logs", "resource_config", "cluster_logs",
            "systemd_services", "systemd_failed", "disk_usage", "disk_inodes", "memory", "processes",
            "kubelet_status", "containerd_status", "kubelet_journal", "containerd_journal", "containerd_config",
@@ -243,7 +260,12 @@ def test_eks_identity_and_the_issue_command_are_exact(eks_full):
 
 def test_eks_node_files_and_tools(eks_full):
     run, _, node, _ = eks_full
-    assert "NVIDIA-SMI" in run.text("nvidia_smi.txt")
+    assert "NVIDIA-SMI 535.183.01" in run.text("nvidia_smi.txt") and "A10G" in run.text("nvidia_smi.txt")
+    assert "Product Name" in run.text("nvidia_smi_q.txt") and "Remapped Rows" in run.text("nvidia_smi_q.txt")
+    gpus = run.text("nvidia_smi_gpus.csv").splitlines()
+    assert gpus[0].startswith("index, pci.bus_id, name, serial, uuid") and len(gpus) == 2 and "A10G" in gpus[1]
+    assert run.text("nvidia_smi_remapped_rows.csv").startswith("gpu_bus_id, gpu_uuid, remapped_rows.correctable")
+    assert run.rows["nvidia_smi_nvlink_status"]["rc"] == "0"  # A10G: no NVLink, nothing to list
     assert "Fabric Manager started" in run.text("fabricmanager.txt")
     assert "(-vvv -d 10de:)" in run.text("lspci.txt") and "(-p efa)" in run.text("fi_info_efa.txt")
     assert "efa 159744 0" in run.text("lsmod.txt")
@@ -302,14 +324,31 @@ def test_eks_bare_node_every_item_honest_and_a_bad_collector_loses_nothing_else(
 
 # ---------------------------------------------------------------- Slurm
 
+# Real Slurm; one worker's GPU fell off the bus and Slurm drained it, the other has a hung
+# nvidia-smi and a full /tmp (docs/scenarios.md: fixture packs and faults).
+SLURM_SCENARIO = {
+    "cluster": "hp-items-slurm",
+    "type": "slurm",
+    "instance_groups": [{"name": "worker-group-1", "instance_type": "ml.g5.8xlarge", "count": 2}],
+    "nodes": {
+        "worker-group-1/0": {"fixture": "xid79", "slurm": {"state": "drain", "reason": DRAIN_REASON}},
+        "worker-group-1/1": {"faults": {"hang": ["nvidia-smi"], "tmp_free_mb": 1}},
+    },
+}
+
+
 @pytest.fixture(scope="module")
-def slurm_full(sandbox_factory):
+def slurm_cluster(sandbox_factory):
     require_tool("slurmctld", "slurm-wlm")
-    sandbox, status, _ = sandbox_factory(SandboxSpec.simple(type="slurm", nodes=1))
+    sandbox, status, _ = sandbox_factory(SandboxSpec.from_scenario(SLURM_SCENARIO))
+    return sandbox, status
+
+
+@pytest.fixture(scope="module")
+def slurm_full(slurm_cluster):
+    sandbox, status = slurm_cluster
     node = status["nodes"][0]
-    slurm.set_node_state(sandbox.root, [node["hostname"]], "drain", DRAIN_REASON)
-    varlog = node_dir(sandbox.root, node["instance_id"]) / "varlog"
-    with open(varlog / "syslog", "a") as syslog:
+    with open(host_path(sandbox, node, "/var/log/syslog"), "a") as syslog:
         syslog.write(f"Jan  1 00:00:00 {node['hostname']} app: aws_secret_access_key = {AWS_SECRET}\n")
     run = NodeRun(sandbox, node, "slurm", "full", commands=(ISSUE_COMMAND,), env={"INSTANCE_GROUP": ODD_GROUP})
     return run, sandbox, node
@@ -318,17 +357,28 @@ def slurm_full(sandbox_factory):
 def test_slurm_every_item_runs_or_says_why_not(slurm_full):
     run, _, _ = slurm_full
     assert_every_item_is_honest(run)
-    ran_ok(run, "instance_group", "hostname", "nvidia_smi", "dmesg_T", "syslog", "kern_log", "resource_config",
-           "cluster_logs", "systemd_services", "sinfo", "sinfo_R", "scontrol_show_node", "squeue_node",
-           "slurmctld_status", "slurmd_status", "slurmctld_journal", "slurmd_journal", "opt_slurm_etc",
-           "var_log_slurm", "command_01")
+    ran_ok(run, "instance_group", "hostname", "dmesg_T", "syslog", "kern_log", "resource_config", "cluster_logs",
+           "systemd_services", "sinfo", "sinfo_R", "scontrol_show_node", "squeue_node", "slurmctld_status",
+           "slurmd_status", "slurmctld_journal", "slurmd_journal", "opt_slurm_etc", "var_log_slurm", "command_01")
     assert run.files["instance_group.txt"] == f"{ODD_GROUP}\n".encode()
+
+
+def test_slurm_a_gpu_off_the_bus_fails_its_items_and_the_logs_show_why(slurm_full):
+    run, _, _ = slurm_full
+    lost = "Unable to determine the device handle for GPU0000:"
+    for item in ("nvidia_smi", "nvidia_smi_q", *NVIDIA_QUERIES[1:]):
+        assert run.rows[item]["rc"] == "15", run.rows[item]  # nvidia-smi's "GPU has fallen off the bus"
+    assert lost in run.text("nvidia_smi.txt") and lost in run.text("nvidia_smi_gpus.csv")
+    xid = "NVRM: Xid (PCI:0000:"
+    assert xid in run.text("kern.log") and xid in run.text("dmesg_T.txt") and xid in run.text("syslog")
+    assert run.result["status"] == "ok_with_errors" and run.rc == 3
 
 
 def test_slurm_state_comes_from_the_real_controller(slurm_full):
     run, _, node = slurm_full
     assert re.search(rf"\bdrain\b.*\b{node['hostname']}\b", run.text("sinfo.txt"))
-    assert re.match(rf"{DRAIN_REASON}\s+root\s+\S+\s+{node['hostname']}$", run.text("sinfo_R.txt").splitlines()[1])
+    assert re.match(rf"{re.escape(DRAIN_REASON)}\s+root\s+\S+\s+{node['hostname']}$",
+                    run.text("sinfo_R.txt").splitlines()[1])
     assert f"NodeName={node['hostname']} " in run.text("scontrol_show_node.txt")
     assert f"Reason={DRAIN_REASON}" in run.text("scontrol_show_node.txt")
     assert run.text("squeue_node.txt").split()[:2] == ["JOBID", "PARTITION"]
@@ -338,7 +388,7 @@ def test_slurm_state_comes_from_the_real_controller(slurm_full):
 
 def test_slurm_secrets_are_redacted_on_the_node(slurm_full):
     run, sandbox, node = slurm_full
-    real = (node_dir(sandbox.root, node["instance_id"]) / "opt" / "slurm" / "etc" / "slurmdbd.conf").read_text()
+    real = host_path(sandbox, node, "/opt/slurm/etc/slurmdbd.conf").read_text()
     password = re.search(r"^StoragePass=(.+)$", real, re.M).group(1)
     assert "StoragePass=<REDACTED>\n" in run.text("opt_slurm_etc/slurmdbd.conf")
     assert run.text("opt_slurm_etc/slurmdbd.conf") == real.replace(password, "<REDACTED>")
@@ -347,3 +397,30 @@ def test_slurm_secrets_are_redacted_on_the_node(slurm_full):
     assert files["opt_slurm_etc/slurmdbd.conf"]["redactions"] == "1" and files["syslog"]["redactions"] == "1"
     everything = b"".join(run.files.values())
     assert password.encode() not in everything and AWS_SECRET.encode() not in everything
+
+
+def test_slurm_hung_nvidia_smi_and_full_tmp_still_upload_everything_else(slurm_cluster):
+    """The sandbox's own faults: nvidia-smi never returns (and ignores TERM), /tmp has 1 MB free."""
+    sandbox, status = slurm_cluster
+    node = status["nodes"][1]
+    add_stand_ins(sandbox, node)  # nvidia-bug-report.sh among them
+    s3 = sandbox_client("s3", status["endpoint"], status["region"], sandbox.root)
+    key, status_key = f"items/{node['instance_id']}.tar.gz", f"items/{node['instance_id']}.json"
+    urls = {"HPC_UPLOAD_URL": s3.generate_presigned_url("put_object", Params={"Bucket": status["bucket"], "Key": key}),
+            "HPC_STATUS_URL": s3.generate_presigned_url("put_object",
+                                                        Params={"Bucket": status["bucket"], "Key": status_key})}
+    run = NodeRun(sandbox, node, "slurm", "faults", env={"HPC_ITEM_TIMEOUT": "3", "HPC_KEEP_DIR": "", **urls},
+                  upload=(s3, status["bucket"], key))
+    assert run.result["status"] == "ok_with_errors" and run.rc == 3, run.stdout + run.stderr
+    assert_every_item_is_honest(run)
+    assert "/tmp has less than 100 MB free: working in /var/tmp" in run.stdout
+    hung = run.rows["nvidia_smi"]
+    assert hung["rc"] == "124" and hung["timed_out"] == "1"
+    for item in NVIDIA_QUERIES:
+        assert run.rows[item]["note"] == "not run: nvidia-smi did not return in nvidia_smi"
+    assert b"--safe-mode only" in run.files["nvidia_bug_report.log"]
+    failed = {item for item, row in run.rows.items() if row["rc"] != "0"}
+    assert failed == {"nvidia_smi", *NVIDIA_QUERIES}
+    done = json.loads(s3.get_object(Bucket=status["bucket"], Key=status_key)["Body"].read())
+    assert done["state"] == "done" and done["status"] == "ok_with_errors" and done["rc"] == 3
+    assert done["sha256"] == run.result["sha256"] and done["bytes"] == int(run.result["bytes"])
