@@ -106,7 +106,8 @@ def execute(ctx: StageContext) -> int:
         state.mark_stage("kubectl", "not_applicable")
         return 0
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="hyperpod-kubectl-") as scratch:
+    # Staged in the run folder, not /tmp: a big cluster's output is hundreds of MB before packing.
+    with tempfile.TemporaryDirectory(prefix=".kubectl-", dir=state.run_dir) as scratch:
         try:
             target = preflight(ctx, Path(scratch) / "cache")
         except PreflightError as problem:
@@ -164,10 +165,10 @@ def preflight(ctx: StageContext, cache_dir: Path) -> Target:
                              f"within one minor of the cluster's), then run: {rerun_command(ctx)}")
     config = kubeconfig_view(kubectl)
     context = choose_context(config, ctx.state.cluster, ctx.settings.kube_context)
-    server, user = context_endpoint(config, context)
+    cluster, user = context_entries(config, context)
     if ctx.settings.sandbox:
-        check_sandbox_context(context, server, user)
-    target = Target(kubectl, context, server, cache_dir, [])
+        check_sandbox_context(context, cluster, user)
+    target = Target(kubectl, context, cluster["server"], cache_dir, [])
     target.custom_resources = discover_custom_resources(ctx, target)
     return target
 
@@ -226,7 +227,8 @@ def choose_context(config: dict[str, Any], cluster: dict[str, Any], requested: s
                          f"Run: {update_kubeconfig_command(cluster)} (or pass --kube-context NAME)")
 
 
-def context_endpoint(config: dict[str, Any], context: str) -> tuple[str, dict[str, Any]]:
+def context_entries(config: dict[str, Any], context: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The context's cluster entry (it has a server) and user entry."""
     entry = next(c for c in config.get("contexts") or [] if c["name"] == context).get("context") or {}
     cluster = next((c.get("cluster") or {} for c in config.get("clusters") or [] if c["name"] == entry.get("cluster")),
                    {})
@@ -234,14 +236,15 @@ def context_endpoint(config: dict[str, Any], context: str) -> tuple[str, dict[st
     if not cluster.get("server"):
         raise PreflightError(f"kube context {context!r} names cluster {entry.get('cluster')!r}, which has no server "
                              "in your kubeconfig; recreate the entry with aws eks update-kubeconfig")
-    return cluster["server"], user
+    return cluster, user
 
 
-def check_sandbox_context(context: str, server: str, user: dict[str, Any]) -> None:
+def check_sandbox_context(context: str, cluster: dict[str, Any], user: dict[str, Any]) -> None:
     """The sandbox's cluster is on loopback and needs no credentials; anything else could reach a real one."""
-    if not is_loopback_url(server):
-        raise PreflightError(f"sandbox mode: kube context {context!r} points at {server}, not at loopback; "
-                             'run `eval "$(invoke sandbox.env)"` to use the sandbox\'s kubeconfig')
+    for address in (cluster["server"], cluster.get("proxy-url")):
+        if address and not is_loopback_url(address):
+            raise PreflightError(f"sandbox mode: kube context {context!r} goes to {address}, not to loopback; "
+                                 'run `eval "$(invoke sandbox.env)"` to use the sandbox\'s kubeconfig')
     if "exec" in user or "auth-provider" in user:
         raise PreflightError(f"sandbox mode: kube context {context!r} runs a credential plugin; the sandbox's "
                              "kubeconfig needs none (run `eval \"$(invoke sandbox.env)\"`)")

@@ -57,11 +57,14 @@ def test_kube_context_given_is_used_as_is_and_must_exist():
 
 
 def test_sandbox_mode_refuses_a_context_off_loopback_or_with_a_credential_plugin():
-    with pytest.raises(PreflightError, match="not at loopback"):
-        kubectl.check_sandbox_context("c", "https://ABC.gr7.us-west-2.eks.amazonaws.com", {})
+    local = {"server": "http://127.0.0.1:6443"}
+    with pytest.raises(PreflightError, match="not to loopback"):
+        kubectl.check_sandbox_context("c", {"server": "https://ABC.gr7.us-west-2.eks.amazonaws.com"}, {})
+    with pytest.raises(PreflightError, match="goes to http://proxy.example:3128, not to loopback"):
+        kubectl.check_sandbox_context("c", {**local, "proxy-url": "http://proxy.example:3128"}, {})
     with pytest.raises(PreflightError, match="credential plugin"):
-        kubectl.check_sandbox_context("c", "http://127.0.0.1:6443", {"exec": {"command": "aws"}})
-    kubectl.check_sandbox_context("c", "http://127.0.0.1:6443", {})
+        kubectl.check_sandbox_context("c", local, {"exec": {"command": "aws"}})
+    kubectl.check_sandbox_context("c", local, {})
 
 
 def test_custom_resources_are_hyperpod_kubeflow_and_kueue_groups_only():
