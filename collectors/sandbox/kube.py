@@ -41,6 +41,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import urllib.parse
 import uuid
 from dataclasses import dataclass
@@ -1327,7 +1328,13 @@ class Handler(BaseHTTPRequestHandler):
         if delay:
             time.sleep(delay)
         params = dict(urllib.parse.parse_qsl(url.query))
-        status, body = self.api.get(url.path, params, self.headers.get("Accept", ""))
+        try:
+            status, body = self.api.get(url.path, params, self.headers.get("Accept", ""))
+        except Exception:  # noqa: BLE001 - a bug here must read as a server error, not a dropped connection
+            traceback.print_exc()  # into ROOT/kube/server.log
+            status, body = 500, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                 "message": "sandbox API server error (see kube/server.log)",
+                                 "reason": "InternalError", "code": 500}
         self.send_json(status, body)
 
     def do_POST(self) -> None:  # noqa: N802
