@@ -72,6 +72,8 @@ class Rule:
     test: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     cases: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Another rule (and key) that names the same fault from another file: hits join its finding.
+    same_as: tuple[str, str | None] | None = None
 
     def describe(self, key: str | None, case: str | None = None, override: dict[str, str] | None = None
                  ) -> dict[str, str]:
@@ -151,6 +153,7 @@ def parse(raw: Any, where: str = "catalog") -> Catalog:
         if rule.id in seen:
             raise UsageError(f"{where}: rule id {rule.id} is used twice")
         seen.add(rule.id)
+    _check_same_as(rules, where)
     facts = [_fact(item, where) for item in _list(raw, "facts", where)]
     if len({fact.name for fact in facts}) != len(facts):
         raise UsageError(f"{where}: a fact name is used twice")
@@ -170,7 +173,7 @@ def _rule(item: dict, where: str) -> Rule:
         raise UsageError(f"{where}: rule id {rule_id!r} must be dotted lower-case words (gpu.xid)")
     here = f"{where}: rule {rule_id}"
     _known_keys(item, {"id", "title", "severity", "source", "files", "pattern", "exclude", "when", "csv", "key",
-                       "test", "params", "cases", "meaning", "action"}, here)
+                       "test", "params", "cases", "meaning", "action", "same_as"}, here)
     for name in TEXT_FIELDS:
         if not isinstance(item.get(name), str) or not item[name].strip():
             raise UsageError(f"{here}: needs a non-empty `{name}`")
@@ -197,7 +200,8 @@ def _rule(item: dict, where: str) -> Rule:
                 action=item["action"].strip(), source=source, files=files, pattern=pattern,
                 literals=required_literals(pattern) if pattern is not None else None,
                 exclude=_regex(item.get("exclude"), here, "exclude"), conditions=conditions, csv=csv, key=key,
-                test=item.get("test"), params=dict(item.get("params") or {}), cases=_cases(item.get("cases"), here))
+                test=item.get("test"), params=dict(item.get("params") or {}), cases=_cases(item.get("cases"), here),
+                same_as=_same_as(item.get("same_as"), here))
     _check_title(rule, here)
     _check_test(rule, here)
     return rule
@@ -289,6 +293,26 @@ def _cases(cases: Any, here: str) -> dict[str, dict[str, str]]:
             _severity(override["severity"], f"{here} case {value!r}")
         checked[str(value)] = {name: str(text).strip() for name, text in override.items()}
     return checked
+
+
+def _same_as(value: Any, here: str) -> tuple[str, str | None] | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"{here}: same_as must name a rule, as gpu.xid or gpu.xid:79")
+    rule_id, _, key = value.partition(":")
+    return rule_id, key or None
+
+
+def _check_same_as(rules: list[Rule], where: str) -> None:
+    by_id = {rule.id: rule for rule in rules}
+    for rule in rules:
+        if rule.same_as is None:
+            continue
+        target = by_id.get(rule.same_as[0])
+        if target is None or target.same_as is not None or target is rule:
+            raise UsageError(f"{where}: rule {rule.id}: same_as {rule.same_as[0]!r} must be another rule of the "
+                             f"catalog that has no same_as of its own")
 
 
 def _check_title(rule: Rule, here: str) -> None:

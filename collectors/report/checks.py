@@ -122,7 +122,7 @@ class EfaCounterDelta(NodeTest):
         return list(self.found.values())
 
 
-SINFO_HEADER_RE = re.compile(rb"^\s*REASON\s+USER\s+TIMESTAMP\s+NODELIST\s*$")
+SINFO_REASON_RE = re.compile(rb"^(.*?)\s+\S+\s+(?:\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d|Unknown)\s+([\w.\-\[\],]+)\s*$")
 SCONTROL_NODE_RE = re.compile(rb"^NodeName=(\S+)")
 SCONTROL_STATE_RE = re.compile(rb"\bState=(\S+)")
 SCONTROL_REASON_RE = re.compile(rb"^\s*Reason=(.*?)(?: \[[^\]]*@[^\]]*\])?\s*$")
@@ -149,13 +149,13 @@ class SlurmReasons(NodeTest):
             self.feed_scontrol(path, number, line)
 
     def feed_sinfo(self, path: str, number: int, line: bytes) -> None:
-        words = line.split()
-        if len(words) < 4 or SINFO_HEADER_RE.match(line):
-            return
-        # REASON may hold blanks; USER, TIMESTAMP and NODELIST never do: split from the right.
-        reason = decode(line.rsplit(None, 3)[0]).strip()
-        for host in nodeset.expand(decode(words[-1])):
-            self.add(host, reason, path, number, line)
+        # REASON may hold blanks; USER, TIMESTAMP and NODELIST never do. A line without a timestamp
+        # is the header or a note (an item that could not run), not a reason.
+        row = SINFO_REASON_RE.match(line)
+        if row:
+            reason = decode(row.group(1)).strip()
+            for host in nodeset.expand(decode(row.group(2))):
+                self.add(host, reason, path, number, line)
 
     def feed_scontrol(self, path: str, number: int, line: bytes) -> None:
         node = SCONTROL_NODE_RE.match(line)
@@ -372,7 +372,7 @@ def majority(rule: Any, view: RunView) -> list[Hit]:
             group = (view.nodes.get(iid) or {}).get("group") or scan.group or "?"
             by_group[group][iid] = str(scan.facts[fact])
     hits = []
-    for values in by_group.values():
+    for group, values in sorted(by_group.items()):
         if len(set(values.values())) < 2:
             continue
         top, top_count = Counter(values.values()).most_common(1)[0]
@@ -380,7 +380,8 @@ def majority(rule: Any, view: RunView) -> list[Hit]:
         for iid, value in sorted(values.items()):
             if value != top or not has_majority:
                 key = f"{value} vs {top}" if has_majority else f"{value}, no majority"
-                hits.append(fleet_hit(rule, view, iid, key, fact))
+                text = f"{fact} {value} here; {top_count} of {len(values)} nodes of {group} have {top}"
+                hits.append(fleet_hit(rule, view, iid, key, fact, text))
     return hits
 
 

@@ -7,12 +7,12 @@ from another node's view (sinfo -R); both end up as the same node here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from collectors.report.catalog import SEVERITIES, Catalog
 from collectors.report.checks import NODE_TESTS, TESTS
-from collectors.report.model import Evidence, Hit, RunView
+from collectors.report.model import Evidence, Hit, NodeScan, RunView
 
 SEVERITY_RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}
 EVIDENCE_PER_NODE = 3
@@ -68,7 +68,8 @@ def collect_hits(catalog: Catalog, view: RunView) -> list[tuple[str, Hit]]:
     placed: list[tuple[str, Hit]] = []
     for iid, scan in view.scans.items():
         for hit in scan.hits:
-            placed.append((index.resolve(hit.subject) if hit.subject else iid, hit))
+            ref = index.resolve(hit.subject) if hit.subject else iid
+            placed.append((ref, hit if ref == iid else from_other_bundle(hit, scan)))
     for source in ("state", "kubectl", "fleet"):
         for rule in catalog.rules_from(source):
             for hit in TESTS[source][rule.test](rule, view):
@@ -76,13 +77,21 @@ def collect_hits(catalog: Catalog, view: RunView) -> list[tuple[str, Hit]]:
     return placed
 
 
+def from_other_bundle(hit: Hit, scan: NodeScan) -> Hit:
+    """The hit with its evidence saying whose bundle the lines are in."""
+    source = str(scan.facts.get("hostname") or scan.bundle)
+    return replace(hit, evidence=[replace(item, bundle=source) for item in hit.evidence])
+
+
 def build_findings(catalog: Catalog, view: RunView) -> list[Finding]:
     findings: dict[tuple[str, str | None], Finding] = {}
     for ref, hit in drop_truncated(catalog, collect_hits(catalog, view)):
-        finding = findings.get((hit.rule, hit.key))
+        rule = catalog.rule(hit.rule)
+        rule_id, key = rule.same_as if rule.same_as else (hit.rule, hit.key)
+        finding = findings.get((rule_id, key))
         if finding is None:
-            text = catalog.rule(hit.rule).describe(hit.key, hit.case, hit.override)
-            finding = findings[hit.rule, hit.key] = Finding(rule=hit.rule, key=hit.key, **text)
+            text = catalog.rule(rule_id).describe(key) if rule.same_as else rule.describe(key, hit.case, hit.override)
+            finding = findings[rule_id, key] = Finding(rule=rule_id, key=key, **text)
         add_node(finding, ref, hit)
     return sorted(findings.values(), key=Finding.sort_key)
 

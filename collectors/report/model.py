@@ -20,6 +20,9 @@ class Evidence:
     file: str
     line: int | None
     text: str
+    # The host whose bundle holds the line, when that is not the node the finding is about
+    # (every node's sinfo -R names the reasons of all nodes).
+    bundle: str | None = None
 
     @classmethod
     def of_line(cls, path: str, number: int | None, line: bytes) -> "Evidence":
@@ -28,8 +31,6 @@ class Evidence:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def where(self) -> str:
-        return f"{self.file}:{self.line}" if self.line is not None else self.file
 
 
 @dataclass

@@ -91,7 +91,8 @@ def first_evidence(finding: dict[str, Any]) -> str | None:
 
 
 def where(item: dict[str, Any]) -> str:
-    return f"{item['file']}:{item['line']}" if item.get("line") is not None else item["file"]
+    place = f"{item['file']}:{item['line']}" if item.get("line") is not None else item["file"]
+    return f"{place} in {item['bundle']}'s bundle" if item.get("bundle") else place
 
 
 def one_line(text: str, width: int = EVIDENCE_WIDTH) -> str:

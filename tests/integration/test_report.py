@@ -29,7 +29,7 @@ FINDING_RE = re.compile(r"^  \[(?P<id>[^\]]+)\] (?P<title>.*?)(?:  \(\d+ nodes?\
 NODE_SCRIPT_TIMEOUT = "120"
 # What each fixture pack (docs/scenarios.md) must make the report say about its node.
 FIXTURE_FINDINGS = {
-    "xid79": [("gpu.xid:79", "critical"), ("gpu.fell_off", "critical"), ("gpu.smi_fail", "critical")],
+    "xid79": [("gpu.xid:79", "critical"), ("gpu.smi_fail", "critical")],
     "ecc": [("gpu.xid:48", "critical"), ("gpu.xid:63", "high"), ("gpu.remap_pending", "high")],
     "nvlink": [("gpu.xid:74", "critical"), ("gpu.nvlink_inactive", "critical")],
     "disk_full": [("disk.full:/", "critical")],

@@ -55,7 +55,12 @@ def add_kube(run: RunBuilder, kube: dict | None) -> None:
 def test_rule_fires_on_its_positive_fixture(tmp_path, rule_id, case):
     doc = report_for_case(tmp_path, case)
     expect = case["expect"]
-    found = [f for f in doc["findings"] if f["rule"] == rule_id and f["key"] == expect.get("key")]
+    # A rule with same_as reports into the finding of the rule it names.
+    finding_rule, key = catalog_module.load().rule(rule_id).same_as or (rule_id, expect.get("key"))
+    if expect.get("absent"):
+        assert not [f for f in doc["findings"] if f["rule"] in (rule_id, finding_rule)], doc["findings"]
+        return
+    found = [f for f in doc["findings"] if f["rule"] == finding_rule and f["key"] == key]
     assert found, [(f["id"], f["node_set"]) for f in doc["findings"]]
     finding = found[0]
     assert finding["severity"] == expect["severity"]
@@ -122,6 +127,33 @@ def test_a_broken_rule_is_refused_with_its_id(change, message):
             "pattern": r"Xid \((?P<bdf>[^)]+)\): (?P<code>\d+)", "key": "code", "meaning": "m", "action": "a"}
     rule.update(change)
     with pytest.raises(UsageError, match=r"rule gpu\.test: .*" + message.replace("(", r"\(").replace(")", r"\)")):
+        catalog_module.parse({"version": 1, "rules": [rule]})
+
+
+def test_a_fault_seen_in_two_files_is_one_finding_with_both_proofs(tmp_path):
+    case = {"append": {"dmesg_T.txt": "[Sun Nov 22 10:01:02 2026] NVRM: GPU 0000:53:00.0: GPU has fallen off the bus.",
+                       "kern.log": "Nov 22 10:01:02 ip-10-1-4-1 kernel: NVRM: Xid (PCI:0000:53:00): 79, pid=1"}}
+    doc = report_for_case(tmp_path, case)
+    assert [f["id"] for f in doc["findings"]] == ["gpu.xid:79"]
+    files = {item["file"] for item in doc["findings"][0]["nodes"][0]["evidence"]}
+    assert files == {"dmesg_T.txt", "kern.log"}
+
+
+def test_evidence_from_another_nodes_bundle_says_whose(tmp_path):
+    line = "Not responding                                               slurm     2026-11-22T09:12:45 ip-10-1-4-2"
+    doc = report_for_case(tmp_path, {"append": {"sinfo_R.txt": line}})
+    (finding,) = [f for f in doc["findings"] if f["rule"] == "slurm.reason"]
+    assert finding["nodes"][0]["hostname"] == "ip-10-1-4-2"
+    assert finding["nodes"][0]["evidence"][0]["bundle"] == HOSTNAME
+    own = report_for_case(tmp_path / "own", {"append": {"kern.log": "NVRM: Xid (PCI:0000:53:00): 79, pid=1"}})
+    assert own["findings"][0]["nodes"][0]["evidence"][0]["bundle"] is None
+
+
+@pytest.mark.parametrize("same_as, message", [("gpu.nope", "must be another rule"), ("a.b", "must be another rule")])
+def test_same_as_must_name_another_rule_without_one(same_as, message):
+    rule = {"id": "a.b", "title": "t", "severity": "info", "files": ["x"], "pattern": "x", "meaning": "m",
+            "action": "a", "same_as": same_as}
+    with pytest.raises(UsageError, match=message):
         catalog_module.parse({"version": 1, "rules": [rule]})
 
 
