@@ -24,9 +24,8 @@ from pathlib import Path
 from collectors.loopback import refuse_non_loopback
 from collectors.errors import SandboxError
 from collectors.sandbox.services import start_node_services, stop_node_services
+from collectors.sandbox.content import ClusterFacts, Node
 from collectors.sandbox.nodes import (
-    ClusterFacts,
-    Node,
     is_same_process,
     kill_if_same,
     namespaces_problem,
@@ -323,7 +322,7 @@ class Sandbox:
         for instance_id, node in settings.items():
             if node["status"] != "Running":
                 self.post_node_status(spec.cluster, spec.region, instance_id, node["status"], node["message"])
-        self.started += start_nodes(self.root, cluster).values()
+        self.started += start_nodes(self.root, cluster)
         status = self.initial_status(spec, cluster, endpoint, settings)
         # The nodes' services start here, with the status dict, once the nodes are up; each adds its
         # keys to the status.

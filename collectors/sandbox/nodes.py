@@ -10,6 +10,8 @@ root (`unshare --user --map-root-user`), entered with `nsenter --user --preserve
 A node is stopped by SIGKILL to its PID 1: the kernel then kills the whole PID namespace.
 `unshare --fork` itself ignores SIGTERM, so signalling it would do nothing.
 
+What the nodes' files say is content.py's business (and packs.py's, for GPUs and fixture packs).
+
 Node faults that live on the node (docs/scenarios.md): `slow` and `hang` put shims in the node's
 /usr/local/sbin, which is first on its PATH; `tmp_free_mb` mounts a small, nearly full tmpfs on its
 /tmp. apply_node_faults() (re)applies them; the sandbox server calls it whenever they change.
@@ -17,71 +19,44 @@ Node faults that live on the node (docs/scenarios.md): `slow` and `hang` put shi
 
 import json
 import os
+import select
 import shutil
 import signal
-import string
 import subprocess
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 
-from collectors.sandbox import packs
-
-FIXTURES = packs.FIXTURES
+from collectors.sandbox.content import (  # FIXTURES is read from here by slurm.py and sshd.py
+    FIXTURES,
+    ClusterFacts,
+    Node,
+    log_templates,
+    prepare_shared,
+    stand_in_kind,
+    write_var_log,
+)
 NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FAULT_BIN = "/usr/local/sbin"  # in the node: its own folder, first on PATH, empty unless a fault fills it
 NODE_INIT_SCRIPT = f"""
 set -e
 hostname "$NODE_HOSTNAME"
-mount --bind "$NODE_DIR/varlog" /var/log
-mount --bind "$NODE_DIR/opt" /opt
-mount -o bind,ro "$NODE_STAND_INS" /usr/local/bin
-mount --bind "$NODE_DIR/sbin" {FAULT_BIN}
-mount --bind "$NODE_HOSTS" /etc/hosts
-# /tmp last: it may hide $NODE_DIR itself.
-mount --bind "$NODE_DIR/tmp" /tmp
-echo ready
+# All the node's mounts in one command (node_fstab() lists them), which costs one process, not six.
+mount --all --fstab "$NODE_DIR/fstab"
+echo "ready $NODE_ID"
 # This shell stays on as the node's PID 1 and reaps orphans (dash's `wait` reaps any child), so
 # daemons started in the node do not stay zombies; what it starts gets a clean environment, as
 # from a node's own init (nothing of the host's).
 exec </dev/null >/dev/null 2>&1
-unset NODE_HOSTNAME NODE_DIR NODE_STAND_INS NODE_HOSTS
+unset NODE_ID NODE_HOSTNAME NODE_DIR NODES
 PATH={NODE_PATH}
 while :; do sleep 3600 & wait; done
 """
 NAMESPACE_FLAGS = ["--mount", "--uts", "--pid", "--fork", "--mount-proc", "--kill-child"]
-LAUNCH_BATCH = 200  # nodes whose start is awaited together (one pipe each stays open meanwhile)
 STOP_TIMEOUT_S = 10.0
 # /tmp of a node with `tmp_free_mb`: a tmpfs this much fuller than what is left free (bounded).
 TMP_FILL_FACTOR, TMP_FILL_MIN_MB, TMP_FILL_MAX_MB = 4, 4, 64
-
-
-@dataclass(frozen=True)
-class Node:
-    instance_id: str
-    group: str
-    instance_type: str
-    ip: str
-    fqdn: str
-    pack: str = "healthy"
-
-    @property
-    def hostname(self) -> str:
-        return self.fqdn.split(".", 1)[0]
-
-
-@dataclass(frozen=True)
-class ClusterFacts:
-    """What a node's fixture files say about the cluster it belongs to."""
-
-    name: str
-    arn: str
-    region: str
-    type: str
-    nodes: list[Node]
-    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
 def node_dir(root: Path, instance_id: str) -> Path:
@@ -245,251 +220,7 @@ def live_init_pid(record: dict) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Content shared by every node: stand-ins, their data, /etc/hosts, resource_config.json
-
-
-def time_variables(started_at: datetime) -> dict[str, str]:
-    """Log timestamps: the node "booted" an hour before the sandbox started."""
-    boot = boot_time(started_at)
-    offsets_s = [0, 12, 40, 95, 160]
-    variables = {"since": boot.strftime("%a %Y-%m-%d %H:%M:%S UTC")}
-    for index, offset in enumerate(offsets_s):
-        moment = boot + timedelta(seconds=offset)
-        variables[f"syslog_t{index}"] = syslog_time(moment)
-        variables[f"iso_t{index}"] = iso_time(moment)
-    return variables
-
-
-def boot_time(started_at: datetime) -> datetime:
-    return started_at - timedelta(hours=1)
-
-
-def syslog_time(moment: datetime) -> str:
-    return moment.strftime("%b %e %H:%M:%S")
-
-
-def iso_time(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def cluster_variables(cluster: ClusterFacts) -> dict[str, str]:
-    return {
-        "cluster_name": cluster.name,
-        "cluster_arn": cluster.arn,
-        "orchestrator": "EKS" if cluster.type == "eks" else "Slurm",
-        "orchestrator_unit_description": packs.ORCHESTRATOR_UNITS[cluster.type],
-        **time_variables(cluster.started_at),
-    }
-
-
-def node_variables(node: Node) -> dict[str, str]:
-    return {
-        "instance_id": node.instance_id,
-        "instance_type": node.instance_type,
-        "instance_type_ec2": node.instance_type.removeprefix("ml."),
-        "group": node.group,
-        "ip": node.ip,
-        "hostname": node.hostname,
-        "hostname_fqdn": node.fqdn,
-    }
-
-
-# Per-node values the shared stand-in data leaves as tokens, filled in at run time by render.awk.
-NODE_TOKENS = {"hostname": "@hostname@", "ip": "@ip@", "instance_id": "@instance_id@"}
-
-
-def resource_config(cluster: ClusterFacts) -> dict:
-    """/opt/ml/config/resource_config.json as HyperPod writes it on every node: the whole cluster."""
-    groups: dict[str, dict] = {}
-    for node in cluster.nodes:
-        group = groups.setdefault(
-            node.group, {"InstanceGroupName": node.group, "InstanceType": node.instance_type, "Instances": []}
-        )
-        position = len(group["Instances"]) + 1
-        group["Instances"].append(
-            {
-                "InstanceName": f"{node.group}-{position}",
-                "AgentIpAddress": node.ip.replace("127.10.", "127.11.", 1),
-                "CustomerIpAddress": node.ip,
-                "InstanceId": node.instance_id,
-            }
-        )
-    return {
-        "ClusterConfig": {"ClusterArn": cluster.arn, "ClusterName": cluster.name},
-        "InstanceGroups": list(groups.values()),
-    }
-
-
-def hosts_file(cluster: ClusterFacts) -> str:
-    """Every node resolves every node locally, so nothing asks a DNS server for sandbox names."""
-    lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
-    lines += [f"{node.ip} {node.fqdn} {node.hostname}" for node in cluster.nodes]
-    return "\n".join(lines) + "\n"
-
-
-def stand_in_kind(node: Node) -> str:
-    """Which shared stand-in folder a node mounts: the stand-ins differ by what the node has."""
-    gpu = "gpu" if packs.gpu_model(node.instance_type) else "cpu"
-    return f"{gpu}-diskfull" if node.pack == "disk_full" else gpu
-
-
-def read_units(*kinds: str) -> list[list[str]]:
-    rows = []
-    for kind in kinds:
-        text = (FIXTURES / "systemctl" / f"units-{kind}.tsv").read_text()
-        rows += [line.split("\t") for line in text.splitlines() if line]
-    return sorted(rows)
-
-
-def unit_list_table(units: list[list[str]]) -> str:
-    """`systemctl list-units --type=service --all --no-pager`, column widths as systemd computes them."""
-    header = ["UNIT", "LOAD", "ACTIVE", "SUB", "DESCRIPTION"]
-    widths = [max(len(row[column]) for row in [header, *units]) for column in range(4)]
-    lines = [
-        "  " + " ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " " + row[4]
-        for row in [header, *units]
-    ]
-    if not units:  # systemd prints no legend when nothing matched
-        return "\n".join(lines + ["0 loaded units listed."]) + "\n"
-    footer = [
-        "",
-        "LOAD   = Reflects whether the unit definition was properly loaded.",
-        "ACTIVE = The high-level unit activation state, i.e. generalization of SUB.",
-        "SUB    = The low-level unit activation state, values depend on unit type.",
-        f"{len(units)} loaded units listed.",
-        "To show all installed unit files use 'systemctl list-unit-files'.",
-    ]
-    return "\n".join(lines + footer) + "\n"
-
-
-def render(template_path: Path, variables: dict[str, str]) -> str:
-    return string.Template(template_path.read_text()).safe_substitute(variables)
-
-
-def unit_status(unit: list[str], variables: dict[str, str]) -> str:
-    name, _, active, sub, description = unit
-    template = FIXTURES / "systemctl" / "status" / name
-    if not template.exists():
-        template = FIXTURES / "systemctl" / "status" / "_default"
-    if active == "active":
-        active_line = f"active ({sub}) since {variables['since']}; 1h ago"
-    else:
-        active_line = f"{active} ({sub})"
-    return render(template, {**variables, "unit": name, "description": description, "active_line": active_line})
-
-
-def write_systemctl_data(data: Path, cluster: ClusterFacts, has_gpu: bool) -> None:
-    units = read_units("common", cluster.type, *(["gpu"] if has_gpu else []))
-    (data / "systemctl" / "status").mkdir(parents=True)
-    (data / "systemctl" / "list-units.txt").write_text(unit_list_table(units))
-    failed = [unit for unit in units if unit[2] == "failed"]
-    (data / "systemctl" / "list-units-failed.txt").write_text(unit_list_table(failed))
-    variables = {**cluster_variables(cluster), **NODE_TOKENS}
-    for unit in units:
-        (data / "systemctl" / "status" / unit[0]).write_text(unit_status(unit, variables))
-
-
-def nodes_table(cluster: ClusterFacts) -> str:
-    """.sandbox/nodes.tsv: what the stand-ins need to know about each node, found by hostname."""
-    lines = []
-    for node in cluster.nodes:
-        model = packs.gpu_model(node.instance_type)
-        uuids, serials = packs.gpu_identities(node.instance_id, model[1] if model else 0)
-        fields = [
-            node.hostname, node.instance_id, node.ip, packs.gpu_profile(node.instance_type, node.pack), node.pack,
-            ",".join(uuids) or "-", ",".join(serials) or "-",
-        ]
-        lines.append("\t".join(fields))
-    return "\n".join(lines) + "\n"
-
-
-def write_stand_in_kind(shared: Path, kind: str, cluster: ClusterFacts) -> None:
-    directory = shared / kind
-    directory.mkdir()
-    has_gpu = kind.startswith("gpu")
-    packs.copy_stand_ins(directory, with_nvidia_smi=has_gpu, with_df=kind.endswith("-diskfull"))
-    data = directory / ".sandbox"
-    (data / "nodes.tsv").write_text(nodes_table(cluster))
-    (data / "boot").write_text(f"{int(boot_time(cluster.started_at).timestamp())}\n")
-    write_systemctl_data(data, cluster, has_gpu)
-    if has_gpu:
-        nodes = [node for node in cluster.nodes if stand_in_kind(node) == kind]
-        packs.write_gpu_profiles(data, {(node.instance_type, node.pack) for node in nodes})
-
-
-def prepare_shared(root: Path, cluster: ClusterFacts) -> Path:
-    shared = root / "shared"
-    shared.mkdir()
-    (shared / "hosts").write_text(hosts_file(cluster))
-    (shared / "resource_config.json").write_text(json.dumps(resource_config(cluster), indent=4) + "\n")
-    for kind in sorted({stand_in_kind(node) for node in cluster.nodes}):
-        write_stand_in_kind(shared, kind, cluster)
-    return shared
-
-
-# ---------------------------------------------------------------------------------------------
-# Each node's own files: its logs, /opt, /tmp and fault folder
-
-
-def log_templates(cluster: ClusterFacts) -> dict[str, str]:
-    """The /var/log templates with the cluster's values filled in, once for every node."""
-    source_root = FIXTURES / "varlog"
-    variables = cluster_variables(cluster)
-    return {
-        str(source.relative_to(source_root)): render(source, variables)
-        for source in source_root.rglob("*")
-        if source.is_file()
-    }
-
-
-def event_lines(started_at: datetime, events: list[tuple[float, str]], line_format: str) -> list[str]:
-    """Pack events (seconds after boot, text) as log lines, in time order."""
-    boot = boot_time(started_at)
-    lines = []
-    for uptime, text in sorted(events):
-        moment = boot + timedelta(seconds=uptime)
-        lines.append(line_format.format(syslog=syslog_time(moment), iso=iso_time(moment), uptime=uptime, text=text))
-    return lines
-
-
-def pack_log_lines(node: Node, started_at: datetime) -> dict[str, list[str]]:
-    """Lines a node's fixture pack adds to its logs, by log file."""
-    kernel = packs.kernel_events(node.pack, node.instance_type)
-    kernel_lines = event_lines(started_at, kernel, "{syslog} @hostname@ kernel: [{uptime:12.6f}] {text}")
-    other_lines = event_lines(started_at, packs.syslog_events(node.pack), "{syslog} @hostname@ {text}")
-    agent_lines = event_lines(started_at, packs.agent_events(node.pack), "{iso} {text}")
-    return {
-        "kern.log": kernel_lines,
-        "syslog": sorted(kernel_lines + other_lines),
-        "aws/clusters/sagemaker-cluster-agent.log": agent_lines,
-    }
-
-
-def node_log_tokens(node: Node) -> dict[str, str]:
-    model = packs.gpu_model(node.instance_type)
-    _, serials = packs.gpu_identities(node.instance_id, model[1] if model else 0)
-    tokens = {"@hostname@": node.hostname, "@instance_id@": node.instance_id,
-              "@sick_bus@": packs.sick_bus(node.pack, node.instance_type)}
-    tokens.update({f"@serial{index}@": serial for index, serial in enumerate(serials)})
-    return tokens
-
-
-def fill_tokens(text: str, tokens: dict[str, str]) -> str:
-    for token, value in tokens.items():
-        text = text.replace(token, value)
-    return text
-
-
-def write_var_log(directory: Path, node: Node, templates: dict[str, str], started_at: datetime) -> None:
-    variables = node_variables(node)
-    added = pack_log_lines(node, started_at)
-    tokens = node_log_tokens(node)
-    for relative, template in templates.items():
-        text = string.Template(template).safe_substitute(variables)
-        extra = added.get(relative)
-        if extra:
-            text += fill_tokens("\n".join(extra), tokens) + "\n"
-        (directory / "varlog" / relative).write_text(text)
+# Each node's own folders: its logs, /opt, /tmp and fault folder
 
 
 def node_folders(templates: dict[str, str]) -> list[str]:
@@ -506,67 +237,117 @@ def prepare_node_dir(root: Path, node: Node, templates: dict[str, str], started_
     write_var_log(directory, node, templates, started_at)
     # The same file for every node, as HyperPod writes it: linked, not copied 1000 times.
     os.link(root / "shared" / "resource_config.json", directory / "opt" / "ml" / "config" / "resource_config.json")
+    (directory / "fstab").write_text(node_fstab(root, node))
     return directory
+
+
+def node_fstab(root: Path, node: Node) -> str:
+    """The node's own folders over the host's, and the shared ones (stand-ins read-only, /etc/hosts)."""
+    directory = node_dir(root, node.instance_id)
+    mounts = [
+        (directory / "varlog", "/var/log", "bind"),
+        (directory / "opt", "/opt", "bind"),
+        (root / "shared" / stand_in_kind(node), "/usr/local/bin", "bind,ro"),
+        (directory / "sbin", FAULT_BIN, "bind"),
+        (root / "shared" / "hosts", "/etc/hosts", "bind"),
+        (directory / "tmp", "/tmp", "bind"),  # last: it may hide ROOT itself
+    ]
+    return "".join(f"{fstab_escape(str(source))} {target} none {options} 0 0\n" for source, target, options in mounts)
+
+
+def fstab_escape(path: str) -> str:
+    """fstab fields are separated by blanks: write those in a path as octal escapes."""
+    return "".join(f"\\{ord(char):03o}" if char in " \t\n\\" else char for char in path)
 
 
 # ---------------------------------------------------------------------------------------------
 # Starting and stopping
 
 
-def launch_node(root: Path, node: Node, log) -> subprocess.Popen:
-    env = {
-        "PATH": os.environ.get("PATH", NODE_PATH),
-        "NODE_HOSTNAME": node.hostname,
-        "NODE_DIR": str(node_dir(root, node.instance_id)),
-        "NODE_STAND_INS": str(root / "shared" / stand_in_kind(node)),
-        "NODE_HOSTS": str(root / "shared" / "hosts"),
-    }
-    # Own session: the node outlives the process that started it (`invoke sandbox.up`).
-    return subprocess.Popen(
-        unshare_command(), env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-        start_new_session=True,
+# Starts nodes from lines "<instance id> <hostname>" on its input, each in the background, and says
+# "launched <instance id> <pid>"; each node says "ready <instance id>" once its mounts are in place.
+# A shell forks far faster than Python, and the nodes start in parallel.
+LAUNCHER_SCRIPT = """
+while read -r NODE_ID NODE_HOSTNAME; do
+  NODE_DIR="$NODES/$NODE_ID"
+  export NODE_ID NODE_HOSTNAME NODE_DIR
+  "$@" &
+  echo "launched $NODE_ID $!"
+done
+"""
+NODE_START_TIMEOUT_S = 60.0
+
+
+def launch_nodes(root: Path, nodes: list[Node], log) -> subprocess.Popen:
+    env = {"PATH": os.environ.get("PATH", NODE_PATH), "NODES": str(root / "nodes")}
+    # Own session: the nodes outlive the process that started them (`invoke sandbox.up`).
+    launcher = subprocess.Popen(
+        ["sh", "-c", LAUNCHER_SCRIPT, "sh", *unshare_command()], env=env, cwd="/", stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=log, start_new_session=True,
     )
+    lines = "".join(f"{node.instance_id} {node.hostname}\n" for node in nodes)
+    launcher.stdin.write(lines.encode())
+    launcher.stdin.close()
+    return launcher
 
 
-def await_node_init(root: Path, node: Node, unshare: subprocess.Popen) -> int:
-    """Wait until the node's mounts are in place; return the host PID of its PID 1."""
-    ready = unshare.stdout.readline()
-    unshare.stdout.close()
-    if ready.strip() != b"ready":
-        unshare.wait()
+def init_of(unshare: list[int]) -> list[int]:
+    """The identity of the node's PID 1: the one child of its `unshare --fork`."""
+    pid = unshare[0]
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return process_identity(int(children[0]))
+
+
+def await_nodes(root: Path, launcher: subprocess.Popen, count: int, records) -> dict[str, dict]:
+    """Read the launcher's news until every node is ready; record each `unshare` the moment it starts.
+
+    Returns instance id -> {"unshare", "init"}; RuntimeError when a node's start fails or stalls.
+    """
+    unshares: dict[str, list[int]] = {}
+    inits: dict[str, dict] = {}
+    deadline = time.monotonic() + NODE_START_TIMEOUT_S + 0.05 * count
+    pending = b""
+    while len(inits) < count:
+        if not select.select([launcher.stdout], [], [], 0.5)[0]:
+            check_nodes_alive(root, unshares, inits, deadline)
+            continue
+        # Raw reads: a buffered reader could hold lines that select() would then never announce.
+        pending += os.read(launcher.stdout.fileno(), 65536)
+        *lines, pending = pending.split(b"\n")
+        for word, instance_id, *pid in (line.decode().split() for line in lines):
+            if word == "launched":
+                unshares[instance_id] = process_identity(int(pid[0]))
+                records.write(json.dumps({"instance_id": instance_id, "unshare": unshares[instance_id]}) + "\n")
+                records.flush()
+            else:
+                inits[instance_id] = {"unshare": unshares[instance_id], "init": init_of(unshares[instance_id])}
+    launcher.stdout.close()
+    return inits
+
+
+def check_nodes_alive(root: Path, unshares: dict[str, list[int]], inits: dict, deadline: float) -> None:
+    starting = [instance_id for instance_id in unshares if instance_id not in inits]
+    failed = [instance_id for instance_id in starting if not is_same_process(*unshares[instance_id])]
+    if failed or time.monotonic() > deadline:
         log = (root / "nodes" / "init.log").read_text(errors="replace").strip()
-        raise RuntimeError(f"node {node.instance_id} did not start: {log[-2000:] or 'no output'}")
-    children = Path(f"/proc/{unshare.pid}/task/{unshare.pid}/children").read_text().split()
-    return int(children[0])
+        what = f"node {failed[0]} did not start" if failed else f"{len(starting)} nodes did not start in time"
+        raise RuntimeError(f"{what}: {log[-2000:] or 'no output'}")
 
 
-def start_nodes(root: Path, cluster: ClusterFacts) -> dict[str, subprocess.Popen]:
-    """Start every node of `cluster`; return instance id -> the node's `unshare` process."""
+def start_nodes(root: Path, cluster: ClusterFacts) -> list[subprocess.Popen]:
+    """Start every node of `cluster`; return the processes started here, for the caller to reap."""
     (root / "nodes").mkdir()
     prepare_shared(root, cluster)
     templates = log_templates(cluster)
-    launched: dict[str, subprocess.Popen] = {}
-    inits: dict[str, dict] = {}
+    for node in cluster.nodes:
+        prepare_node_dir(root, node, templates, cluster.started_at)
     with open(root / "nodes" / "launched.jsonl", "a") as records, open(root / "nodes" / "init.log", "ab") as log:
-        for start in range(0, len(cluster.nodes), LAUNCH_BATCH):
-            batch = cluster.nodes[start:start + LAUNCH_BATCH]
-            for node in batch:
-                prepare_node_dir(root, node, templates, cluster.started_at)
-                unshare = launch_node(root, node, log)
-                launched[node.instance_id] = unshare
-                records.write(json.dumps({"instance_id": node.instance_id, "unshare": process_identity(unshare.pid)}))
-                records.write("\n")
-                records.flush()
-            for node in batch:
-                unshare = launched[node.instance_id]
-                init_pid = await_node_init(root, node, unshare)
-                inits[node.instance_id] = {
-                    "unshare": process_identity(unshare.pid),
-                    "init": process_identity(init_pid),
-                    "stand_ins": stand_in_kind(node),
-                }
+        launcher = launch_nodes(root, cluster.nodes, log)
+        inits = await_nodes(root, launcher, len(cluster.nodes), records)
+    for node in cluster.nodes:
+        inits[node.instance_id]["stand_ins"] = stand_in_kind(node)
     write_json_atomically(root / "nodes" / "inits.json", inits)
-    return launched
+    return [launcher]
 
 
 def stop_nodes(root: Path) -> list[int]:

@@ -1,12 +1,11 @@
-"""What a sandbox node looks like inside: GPU models, fixture packs and the stand-ins' data.
+"""GPU models and fixture packs: what nvidia-smi answers on a node and what its logs say happened.
 
-A node's content is chosen by its instance type (which GPUs, how many) and its fixture pack
-(healthy, or one way of being sick; docs/scenarios.md lists them). Everything here is rendered once
-per sandbox into ROOT/shared/bin, which every node sees read-only as /usr/local/bin: the stand-in
-scripts (nvidia-smi, systemctl, dmesg, df) and, in .sandbox/, their data. Per-node facts (hostname,
-instance id, address, GPU UUIDs and serial numbers) are kept out of the rendered files as @tokens@
-and filled in by the stand-ins from .sandbox/nodes.tsv, so a 1000-node sandbox writes a handful of
-shared files instead of a copy per node.
+A node's GPUs come from its instance type, its sickness from its fixture pack (healthy, or one way
+of being sick; docs/scenarios.md lists them). The nvidia-smi answers are rendered once per sandbox
+and profile (model, count, pack) into the shared stand-in folders that nodes see read-only as
+/usr/local/bin (content.py). Per-node values (GPU UUIDs and serial numbers, hostname, instance id)
+stay out of them as @tokens@ that the stand-ins fill in from .sandbox/nodes.tsv, so a 1000-node
+sandbox writes a handful of shared files instead of a copy per node.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from pathlib import Path
 import botocore.exceptions
 import pytest
 
-from collectors.errors import SandboxError
 from collectors.sandbox import SandboxSpec
 from collectors.sandbox.scenario import PACKS
 from tests.conftest import require_tool
@@ -177,6 +176,18 @@ def test_a_healthy_gpu_node_answers_queries_like_nvidia_smi(eks_sick):
     assert run(sandbox, node, "nvidia-smi --bogus").returncode == 2
     assert "Remapped Rows" in run(sandbox, node, "nvidia-smi -q").stdout
     assert "Xid" not in run(sandbox, node, "dmesg").stdout
+
+
+def test_kubectl_sees_the_scenarios_node_health(eks_sick):
+    require_tool("kubectl", "kubectl")
+    _, _, env, nodes = eks_sick
+    label = "sagemaker.amazonaws.com/node-health-status"
+    listed = subprocess.run(["kubectl", "get", "nodes", "--no-headers", "-L", label], env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+    rows = {line.split()[0]: line.split() for line in listed.splitlines()}
+    sick = rows["hyperpod-" + nodes["worker-group-1/1"]["instance_id"]]
+    assert sick[1].startswith("NotReady") and sick[-1] == "UnschedulablePendingReboot"
+    assert rows["hyperpod-" + nodes["worker-group-1/0"]["instance_id"]][1] == "Ready"
 
 
 def test_an_oom_kill_shows_in_dmesg_and_a_session_sees_it(eks_sick):
