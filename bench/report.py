@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import sys
@@ -91,27 +92,35 @@ def main() -> None:
         print(f"built {len(bundles)} bundles ({sick} with a fault), {packed / 2**20:.0f} MB compressed, "
               f"in {time.monotonic() - started:.1f} s")
         workers = args.workers or default_workers()
-        started = time.monotonic()
+        started, cpu_before = time.monotonic(), cpu_seconds()
         doc = build_report(run.run_dir, run.state(), workers=workers)
         (run.run_dir / "findings.json").write_text(json.dumps(doc, indent=1))
         (run.run_dir / "report.md").write_text(render.markdown(doc))
         (run.run_dir / "report.html").write_text(render.html_page(doc))
         wall = time.monotonic() - started
-        print_figures(doc, wall, workers)
+        print_figures(doc, wall, cpu_seconds() - cpu_before, workers)
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def print_figures(doc: dict, wall: float, workers: int) -> None:
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished workers: unlike wall time, it does not depend on
+    what else the machine is running."""
+    own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
+
+
+def print_figures(doc: dict, wall: float, cpu: float, workers: int) -> None:
     scanned = doc["scan"]
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     counts = ", ".join(f"{n} {severity}" for severity, n in doc["nodes"]["findings_by_severity"].items() if n)
     print(f"report: {scanned['bundles']} bundles, {scanned['bytes_read'] / 2**20:.0f} MB of text read, "
           f"{workers} worker process(es)")
-    print(f"report: {wall:.1f} s wall ({scanned['bytes_read'] / 2**20 / wall:.0f} MB/s), "
+    print(f"report: {wall:.1f} s wall ({scanned['bytes_read'] / 2**20 / wall:.0f} MB/s), {cpu:.1f} s CPU, "
           f"goal < {GOAL_SECONDS:.0f} s: {'met' if wall < GOAL_SECONDS else 'NOT met'}")
+    print(f"report: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs while it ran")
     print(f"report: peak RSS {own:.0f} MB (main process), {children:.0f} MB (largest worker)")
     print(f"report: {len(doc['findings'])} findings ({counts}); {doc['nodes']['healthy']} healthy nodes")
 

@@ -92,6 +92,8 @@ def test_healthy_nodes_give_no_finding_at_all(tmp_path):
     assert set(doc["fleet"]["worker-group-1"]) == {"driver", "cuda", "kernel", "efa_installer", "efa_driver",
                                                    "gpus", "efa_devices"}
     assert doc["fleet"]["worker-group-1"]["gpus"] == {"8": 3}
+    # Counters start from a known zero, so that a later run can say they grew.
+    assert [counters["nvlink_errors"] for counters in doc["counters"].values()] == [0, 0, 0]
 
 
 def test_evidence_names_file_and_line(tmp_path):
