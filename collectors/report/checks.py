@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
 from typing import Any, Callable, Iterator
 
@@ -23,18 +24,20 @@ FAULT_LABELS = ("sagemaker.amazonaws.com/fault-type", "sagemaker.amazonaws.com/f
 EKS_NODE_PREFIX = "hyperpod-"
 
 
-class NodeTest:
+class NodeTest(ABC):
     """Reads the lines of its rule's files in one bundle, then says what it found."""
 
     def __init__(self, rule: Any):
         self.rule = rule
         self.counters: dict[str, int] = {}
 
+    @abstractmethod
     def feed(self, path: str, number: int, line: bytes) -> None:
-        raise NotImplementedError
+        """One line of one of the rule's files, in file order."""
 
+    @abstractmethod
     def finish(self) -> list[Hit]:
-        raise NotImplementedError
+        """What the lines showed, once the bundle has been read."""
 
     def hit(self, key: str | None, path: str, number: int | None, line: bytes | str, **extra: Any) -> Hit:
         proof = Evidence.of_line(path, number, line if isinstance(line, bytes) else line.encode())

@@ -29,7 +29,7 @@ def build_report(run_dir: Path, state: dict[str, Any], workers: int | None = Non
     catalog = catalog or load()
     started = time.monotonic()
     bundles = sorted((run_dir / RESULTS_DIR).glob("*.tar.gz"))
-    scans = scan_bundles(bundles, workers if workers is not None else default_workers())
+    scans = scan_bundles(bundles, workers if workers is not None else default_workers(), catalog)
     view = RunView(nodes=state.get("nodes", {}), scans=index_scans(scans), kube=load_kube(run_dir))
     findings = build_findings(catalog, view)
     return {

@@ -1,7 +1,8 @@
 """The Kubernetes objects of a run, from its kubectl bundle (`kubectl_resources.tar.gz`).
 
 Only the `-o json` lists of nodes and pods are read: they carry HyperPod's labels, the node
-conditions and the pod states the Kubernetes rules look at. The bundle's member names are not
+conditions and the pod states the Kubernetes rules look at. Each list is parsed whole (JSON does
+not stream with the standard library); it is one file per run, not one per node. The bundle's member names are not
 a contract between stages, so members are recognised by their content (`kind`), not their path.
 """
 

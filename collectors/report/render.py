@@ -47,6 +47,7 @@ def cluster_lines(doc: dict[str, Any]) -> list[str]:
     kubectl = doc["kubectl"]
     lines.append(f"  Kubernetes: {kubectl['nodes']} nodes and {kubectl['pods']} pods read" if kubectl["read"]
                  else f"  Kubernetes: {kubectl['note']}")
+    lines += [f"  Kubernetes bundle problem: {problem}" for problem in kubectl.get("problems", [])]
     return lines
 
 

@@ -1,10 +1,11 @@
 """Read one node bundle and apply the catalog to it, streaming.
 
-A bundle is read once, member after member, straight out of the gzip stream (`r|gz`): nothing
-is extracted to disk and no file is held whole in memory. Each member is read in blocks of whole
-lines; patterns run over a block at C speed, and only their matches are turned into evidence
-(file, line number, line). Lines are split in Python only for the few small files that tests
-(lspci, sinfo -R, EFA counters) and CSV rules need line by line.
+A bundle is read once, member after member, out of the gzip stream: nothing is extracted to disk
+and no file is held whole in memory. Each member is read in blocks of whole lines. A rule first
+looks for its literals in a block (`bytes.find`, memory speed) and runs its regex only on the
+lines that hold one; only matches become evidence (file, line number, line). Lines are split in
+Python only for the few small files that tests (lspci, sinfo -R, EFA counters) and CSV rules
+read line by line.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from itertools import takewhile
 from pathlib import Path
 from typing import IO, Iterator
 
-from collectors.report.catalog import Catalog, CsvSpec, Fact, Rule, load
+from collectors.report.catalog import Catalog, CsvSpec, Fact, Rule
 from collectors.report.checks import NODE_TESTS, NodeTest
 from collectors.report.model import Evidence, Hit, NodeScan, decode
 
@@ -36,18 +37,25 @@ DENSE_LINES = 64
 PARALLEL_FROM = 16
 
 
-def scan_bundles(paths: list[Path], workers: int, catalog_path: Path | None = None) -> list[NodeScan]:
-    """Every bundle, in worker processes when there are many (each worker loads the catalog once)."""
+def scan_bundles(paths: list[Path], workers: int, catalog: Catalog) -> list[NodeScan]:
+    """Every bundle, in worker processes when there are many (each gets the catalog once)."""
     if workers <= 1 or len(paths) < PARALLEL_FROM:
-        catalog = load(catalog_path) if catalog_path else load()
         return [scan_bundle(path, catalog) for path in paths]
     chunk = max(1, len(paths) // (workers * 8))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(_scan_in_worker, paths, [catalog_path] * len(paths), chunksize=chunk))
+    with ProcessPoolExecutor(max_workers=workers, initializer=_keep_catalog, initargs=(catalog,)) as pool:
+        return list(pool.map(_scan_in_worker, paths, chunksize=chunk))
 
 
-def _scan_in_worker(path: Path, catalog_path: Path | None) -> NodeScan:
-    return scan_bundle(path, load(catalog_path) if catalog_path else load())
+_worker_catalog: Catalog | None = None
+
+
+def _keep_catalog(catalog: Catalog) -> None:
+    global _worker_catalog
+    _worker_catalog = catalog
+
+
+def _scan_in_worker(path: Path) -> NodeScan:
+    return scan_bundle(path, _worker_catalog)
 
 
 def scan_bundle(path: Path, catalog: Catalog) -> NodeScan:
@@ -103,7 +111,10 @@ class BundleReader:
 
     def read_lines(self, rules: list[Rule], csv_facts: list[Fact], csv: CsvRows | None, path: str, block: bytes,
                    line_base: int, file_hits: FileHits) -> None:
-        for offset, line in enumerate(block.split(b"\n")[:-1] if block.endswith(b"\n") else block.split(b"\n")):
+        lines = block.split(b"\n")
+        if not lines[-1]:
+            lines.pop()  # the block ends with a line end, not with an empty line
+        for offset, line in enumerate(lines):
             number = line_base + offset + 1
             row = csv.feed(line) if csv is not None else None
             for rule in rules:

@@ -94,8 +94,8 @@ def test_worker_processes_give_the_same_report_as_one_process(tmp_path):
         extra = {"kern.log": f"{hostname} {XID_79}"} if number % 5 == 0 else None
         paths.append(write_bundle(tmp_path, GROUP, f"i-0a1b2c3d4e5f6{number:04d}",
                                   changed_files(append=extra, hostname=hostname)))
-    serial = scan_bundles(paths, workers=1)
-    parallel = scan_bundles(paths, workers=2)
+    serial = scan_bundles(paths, workers=1, catalog=load())
+    parallel = scan_bundles(paths, workers=2, catalog=load())
     assert parallel == serial
     assert sum(1 for result in serial if xid_hits(result)) == 4
 

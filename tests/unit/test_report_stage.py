@@ -173,3 +173,11 @@ def test_the_command_line_exits_0_with_findings_and_2_on_bad_input(tmp_path):
     assert [line for line in bad.stderr.splitlines() if line.startswith("error:")] == [
         f"error: no state for run 20200101_000000 of cluster 'hp-test' "
         f"(looked for {tmp_path}/hp-test/20200101_000000/state.json)"]
+
+
+def test_a_damaged_kubectl_bundle_is_said_and_the_rest_is_reported(tmp_path, capsys, offline):
+    run = sick_run(tmp_path, nodes=1, unreachable=(), sick={1: {"kern.log": XID.format(host=host(1), code=79)}})
+    (run.run_dir / "kubectl_resources.tar.gz").write_bytes(b"not a tarball")
+    assert report(tmp_path) == 0
+    screen = capsys.readouterr().out
+    assert "Kubernetes bundle problem: kubectl_resources.tar.gz: " in screen and "[gpu.xid:79]" in screen
