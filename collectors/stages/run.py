@@ -35,7 +35,7 @@ from collectors.transports.ssh import ssh_transport
 from collectors.transports.ssm import SsmCliTransport, SsmDirectTransport
 
 # Node script exit codes (bash/collect.sh).
-RC_OK, RC_BAD_INPUT, RC_ITEM_ERRORS, RC_UPLOAD_FAILED = 0, 2, 3, 4
+RC_OK, RC_ITEM_ERRORS, RC_UPLOAD_FAILED = 0, 3, 4
 # The node stops collecting this long before our own timeout so that it still packages and uploads.
 NODE_DEADLINE_MARGIN = 60
 # Where node tarballs are kept locally (the download stage's folder): SSH pulls them back there.
