@@ -18,6 +18,7 @@ from pathlib import Path
 import botocore.exceptions
 import pytest
 
+from collectors.errors import SandboxError
 from collectors.sandbox import SandboxSpec
 from collectors.sandbox.scenario import PACKS
 from tests.conftest import require_tool
@@ -45,16 +46,23 @@ def test_every_fixture_pack_is_documented():
     ("  worker-group-1/9: {}", "nodes.worker-group-1/9: not a node"),
     ("  worker-group-1/0: {faults: {slow: soon}}", "nodes.worker-group-1/0.faults.slow: must be a number"),
 ])
-def test_a_bad_scenario_is_one_clear_line_and_exit_2(tmp_path, change, complaint):
-    healthy = (SCENARIOS / "eks-healthy.yaml").read_text()
+def test_a_bad_scenario_is_one_clear_error_naming_the_key(tmp_path, change, complaint):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(f"{healthy}nodes:\n{change}\n")
+    bad.write_text(f"{(SCENARIOS / 'eks-healthy.yaml').read_text()}nodes:\n{change}\n")
+    with pytest.raises(SandboxError) as refused:
+        SandboxSpec.from_scenario(bad)
+    assert str(refused.value).startswith(f"scenario {bad}: {complaint}") and "\n" not in str(refused.value)
+
+
+def test_invoke_sandbox_up_with_a_bad_scenario_says_one_line_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"{(SCENARIOS / 'eks-healthy.yaml').read_text()}nodes:\n  worker-group-1/0: {{fixture: xid97}}\n")
     result = subprocess.run([sys.executable, "-m", "invoke", "sandbox.up", "--scenario", str(bad)], cwd=PROJECT,
                             capture_output=True, text=True, timeout=120,
                             env={**os.environ, "INVOKE_HYPERPOD_SANDBOX_DIR": str(tmp_path / "sandbox")})
     assert result.returncode == 2
-    assert result.stderr.startswith(f"error: scenario {bad}: {complaint}") and result.stderr.count("\n") == 1
-    assert not (tmp_path / "sandbox").exists()
+    assert result.stderr.startswith(f"error: scenario {bad}: nodes.worker-group-1/0.fixture: must be one of")
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "sandbox").exists()
 
 
 def test_flags_and_a_scenario_do_not_mix(tmp_path):
