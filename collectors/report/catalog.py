@@ -74,6 +74,16 @@ class Rule:
     cases: dict[str, dict[str, str]] = field(default_factory=dict)
     # Another rule (and key) that names the same fault from another file: hits join its finding.
     same_as: tuple[str, str | None] | None = None
+    # The capture that names the GPU: the first key seen per GPU is its root cause, later ones fallout.
+    first_per_gpu: str | None = None
+    _ranks: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def file_rank(self, path: str) -> int:
+        """Which of the rule's globs (0 = first listed) this path matches; cached per path."""
+        if path not in self._ranks:
+            self._ranks[path] = next((i for i, glob in enumerate(self.files) if fnmatch.fnmatchcase(path, glob)),
+                                     len(self.files))
+        return self._ranks[path]
 
     def describe(self, key: str | None, case: str | None = None, override: dict[str, str] | None = None
                  ) -> dict[str, str]:
@@ -173,7 +183,7 @@ def _rule(item: dict, where: str) -> Rule:
         raise UsageError(f"{where}: rule id {rule_id!r} must be dotted lower-case words (gpu.xid)")
     here = f"{where}: rule {rule_id}"
     _known_keys(item, {"id", "title", "severity", "source", "files", "pattern", "exclude", "when", "csv", "key",
-                       "test", "params", "cases", "meaning", "action", "same_as"}, here)
+                       "test", "params", "cases", "meaning", "action", "same_as", "first_per_gpu"}, here)
     for name in TEXT_FIELDS:
         if not isinstance(item.get(name), str) or not item[name].strip():
             raise UsageError(f"{here}: needs a non-empty `{name}`")
@@ -201,7 +211,10 @@ def _rule(item: dict, where: str) -> Rule:
                 literals=required_literals(pattern) if pattern is not None else None,
                 exclude=_regex(item.get("exclude"), here, "exclude"), conditions=conditions, csv=csv, key=key,
                 test=item.get("test"), params=dict(item.get("params") or {}), cases=_cases(item.get("cases"), here),
-                same_as=_same_as(item.get("same_as"), here))
+                same_as=_same_as(item.get("same_as"), here), first_per_gpu=item.get("first_per_gpu"))
+    if rule.first_per_gpu is not None and (pattern is None or rule.key is None
+                                           or rule.first_per_gpu not in pattern.groupindex):
+        raise UsageError(f"{here}: first_per_gpu needs a pattern with a key and a named group of that name")
     _check_title(rule, here)
     _check_test(rule, here)
     return rule

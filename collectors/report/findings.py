@@ -23,6 +23,8 @@ class NodeFinding:
     ref: str  # instance id, or a host name the run does not know
     count: int
     evidence: list[Evidence]
+    first_on: list[str] = field(default_factory=list)
+    after: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,9 +102,12 @@ def add_node(finding: Finding, ref: str, hit: Hit) -> None:
     """The same node may be reported by many bundles (sinfo -R is everywhere): keep one entry."""
     known = finding.nodes.get(ref)
     if known is None:
-        finding.nodes[ref] = NodeFinding(ref, hit.count, list(hit.evidence[:EVIDENCE_PER_NODE]))
+        finding.nodes[ref] = NodeFinding(ref, hit.count, list(hit.evidence[:EVIDENCE_PER_NODE]), list(hit.first_on),
+                                         dict(hit.after))
         return
     known.count = max(known.count, hit.count)
+    known.first_on = sorted(set(known.first_on) | set(hit.first_on))
+    known.after.update(hit.after)
     texts = {item.text for item in known.evidence}
     fresh = [item for item in hit.evidence if item.text not in texts]
     known.evidence += fresh[:EVIDENCE_PER_NODE - len(known.evidence)]
@@ -138,5 +143,8 @@ def finding_nodes(finding: Finding, view: RunView) -> list[dict[str, Any]]:
             "group": record.get("group") or (scan.group if scan else None),
             "count": node.count,
             "evidence": [item.as_dict() for item in node.evidence],
+            # Per GPU: where this was the first (the root cause), and where another came first.
+            **({"first_on_gpus": node.first_on} if node.first_on else {}),
+            **({"after_on_gpus": node.after} if node.after else {}),
         })
     return sorted(rows, key=lambda row: (row["group"] or "~", row["hostname"] or "", row["instance_id"] or ""))

@@ -50,6 +50,10 @@ class Hit:
     subject: str | None = None
     case: str | None = None
     override: dict[str, str] | None = None
+    # Rules with first_per_gpu: the GPUs where this key came first (the root cause), and for the
+    # others, the key that came before it there.
+    first_on: list[str] = field(default_factory=list)
+    after: dict[str, str] = field(default_factory=dict)
 
     def identity(self) -> tuple[str, str | None, str | None]:
         return self.rule, self.key, self.subject

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from collectors.report import nodeset
 from collectors.report.catalog import SEVERITIES
 
 # Findings about the collector itself (an item that failed), not about the cluster.
@@ -59,8 +60,19 @@ def finding_lines(finding: dict[str, Any]) -> list[str]:
     first = first_evidence(finding)
     if first:
         lines.append(f"    evidence  {first}")
+    lines += fallout_lines(finding)
     lines.append(f"    action    {finding['action']}")
     return lines
+
+
+def fallout_lines(finding: dict[str, Any]) -> list[str]:
+    """Where this came after another key on the same GPU: the earlier one is the cause to act on."""
+    after = [node for node in finding["nodes"] if node.get("after_on_gpus") and not node.get("first_on_gpus")]
+    if not after:
+        return []
+    earlier = sorted({f"{finding['rule']}:{key}" for node in after for key in node["after_on_gpus"].values()})
+    names = nodeset.fold(node["hostname"] or node["instance_id"] for node in after)
+    return [f"    after     on {names} {', '.join(earlier)} came first on the same GPU: act on that one"]
 
 
 def info_lines(findings: list[dict[str, Any]]) -> list[str]:

@@ -86,6 +86,7 @@ class BundleReader:
         self.hits: dict[tuple, Hit] = {}
         self.tests: dict[str, NodeTest] = {}
         self.facts = FactValues(catalog.facts)
+        self.gpu_order = GpuOrder()
 
     def read_member(self, path: str, raw: IO[bytes] | None) -> None:
         rules, facts = self.catalog.for_path(path.removesuffix(".gz"))
@@ -108,6 +109,7 @@ class BundleReader:
                 self.read_lines(line_rules, csv_facts, csv, path, block, line_base, file_hits)
             line_base += block.count(b"\n")
         file_hits.merge_into(self.hits)
+        self.gpu_order.add(file_hits, {rule.id: rule.file_rank(path.removesuffix(".gz")) for rule in pattern_rules})
 
     def read_lines(self, rules: list[Rule], csv_facts: list[Fact], csv: CsvRows | None, path: str, block: bytes,
                    line_base: int, file_hits: FileHits) -> None:
@@ -137,6 +139,7 @@ class BundleReader:
             for hit in test.finish():
                 _merge(self.hits, hit, hit.count)
             self.scan.counters.update(test.counters)
+        self.gpu_order.mark(self.hits.values())
         self.scan.hits = list(self.hits.values())
         self.facts.store(self.scan)
 
@@ -174,7 +177,8 @@ def match_pattern(rule: Rule, block: bytes, line_base: int, file_hits: FileHits)
         for match in rule.pattern.finditer(block, start, end):
             if all(condition.holds(match.group(condition.group)) for condition in rule.conditions):
                 key = decode(match.group(rule.key)) if rule.key and match.group(rule.key) is not None else None
-                file_hits.add(rule.id, key, line_number, line)
+                gpu = decode(match.group(rule.first_per_gpu)) if rule.first_per_gpu else None
+                file_hits.add(rule.id, key, line_number, line, gpu)
                 break
 
 
@@ -258,18 +262,50 @@ class FileHits:
     def __init__(self, path: str):
         self.path = path
         self.hits: dict[tuple, Hit] = {}
+        self.first_key: dict[tuple[str, str], str] = {}  # (rule, GPU) -> the key seen first there
+        self.gpus: dict[tuple, set[str]] = {}  # (rule, key) -> the GPUs it was seen on
 
-    def add(self, rule_id: str, key: str | None, number: int, line: bytes) -> None:
+    def add(self, rule_id: str, key: str | None, number: int, line: bytes, gpu: str | None = None) -> None:
         hit = self.hits.get((rule_id, key))
         if hit is None:
             hit = self.hits[rule_id, key] = Hit(rule=rule_id, key=key)
         hit.count += 1
         if len(hit.evidence) < EVIDENCE_PER_HIT:
             hit.evidence.append(Evidence.of_line(self.path, number, line))
+        if gpu is not None:
+            self.first_key.setdefault((rule_id, gpu), key)
+            self.gpus.setdefault((rule_id, key), set()).add(gpu)
 
     def merge_into(self, node_hits: dict[tuple, Hit]) -> None:
         for hit in self.hits.values():
             _merge(node_hits, hit, hit.count)
+
+
+class GpuOrder:
+    """Which key came first on each GPU (anchors.md 4.5: the first Xid of a GPU is the root cause,
+    later ones are fallout). Lines are ordered within a file, not across files, so the first key
+    per GPU is taken from the rule's earliest-listed file that names the GPU."""
+
+    def __init__(self) -> None:
+        self.first: dict[tuple[str, str], tuple[int, str]] = {}  # (rule, GPU) -> (file rank, key)
+        self.gpus: dict[tuple, set[str]] = {}
+
+    def add(self, file_hits: FileHits, ranks: dict[str, int]) -> None:
+        for (rule_id, gpu), key in file_hits.first_key.items():
+            known = self.first.get((rule_id, gpu))
+            if known is None or ranks[rule_id] < known[0]:
+                self.first[rule_id, gpu] = (ranks[rule_id], key)
+        for identity, gpus in file_hits.gpus.items():
+            self.gpus.setdefault(identity, set()).update(gpus)
+
+    def mark(self, hits) -> None:
+        for hit in hits:
+            for gpu in sorted(self.gpus.get((hit.rule, hit.key), ())):
+                first = self.first[hit.rule, gpu][1]
+                if first == hit.key:
+                    hit.first_on.append(gpu)
+                else:
+                    hit.after[gpu] = first
 
 
 def _merge(node_hits: dict[tuple, Hit], hit: Hit, count: int) -> None:

@@ -123,6 +123,7 @@ def test_the_same_kernel_line_in_three_logs_counts_once(tmp_path):
     ({"test": "pcie_width"}, "exactly one of pattern, csv, test"),
     ({"action": ""}, "needs a non-empty `action`"),
     ({"colour": "red"}, "unknown key(s) colour"),
+    ({"first_per_gpu": "gpu"}, "first_per_gpu needs a pattern with a key and a named group"),
 ])
 def test_a_broken_rule_is_refused_with_its_id(change, message):
     rule = {"id": "gpu.test", "title": "Xid {code}", "severity": "critical", "files": ["kern.log"],

@@ -181,3 +181,22 @@ def test_a_damaged_kubectl_bundle_is_said_and_the_rest_is_reported(tmp_path, cap
     assert report(tmp_path) == 0
     screen = capsys.readouterr().out
     assert "Kubernetes bundle problem: kubectl_resources.tar.gz: " in screen and "[gpu.xid:79]" in screen
+
+
+def test_an_xid_after_another_on_the_same_gpu_points_at_the_first(tmp_path, capsys, offline):
+    xid = "Nov 22 10:0{m}:00 {host} kernel: NVRM: Xid (PCI:0000:{bus}:00): {code}, pid=1"
+    lines = [xid.format(m=1, host=host(1), bus="53", code=79), xid.format(m=2, host=host(1), bus="53", code=13),
+             xid.format(m=3, host=host(1), bus="64", code=13)]
+    sick_run(tmp_path, nodes=2, unreachable=(),
+             sick={1: {"kern.log": "\n".join(lines)}, 2: {"kern.log": xid.format(m=4, host=host(2), bus="53", code=13)}})
+    assert report(tmp_path, json=True) == 0
+    doc = json.loads(capsys.readouterr().out)
+    xid13 = next(f for f in doc["findings"] if f["id"] == "gpu.xid:13")
+    by_host = {node["hostname"]: node for node in xid13["nodes"]}
+    assert by_host[host(1)]["first_on_gpus"] == ["0000:64:00"]  # first on that GPU: its own cause
+    assert by_host[host(1)]["after_on_gpus"] == {"0000:53:00": "79"}  # fallout of the 79 there
+    assert by_host[host(2)]["first_on_gpus"] == ["0000:53:00"]
+    sick_run(tmp_path / "fallout", nodes=1, unreachable=(), sick={1: {"kern.log": "\n".join(lines[:2])}})
+    report(tmp_path / "fallout")
+    screen = capsys.readouterr().out
+    assert "    after     on ip-10-1-4-1 gpu.xid:79 came first on the same GPU: act on that one" in screen
