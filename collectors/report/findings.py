@@ -68,10 +68,15 @@ def collect_hits(catalog: Catalog, view: RunView) -> list[tuple[str, Hit]]:
     """Every hit with the node it is about: node rules from the bundles, then the run-wide tests."""
     index = NodeIndex(view)
     placed: list[tuple[str, Hit]] = []
+    seen_by_others: list[tuple[str, Hit]] = []  # placed after the rest: a node's own lines are the better proof
     for iid, scan in view.scans.items():
         for hit in scan.hits:
             ref = index.resolve(hit.subject) if hit.subject else iid
-            placed.append((ref, hit if ref == iid else from_other_bundle(hit, scan)))
+            if ref == iid:
+                placed.append((ref, hit))
+            else:
+                seen_by_others.append((ref, from_other_bundle(hit, scan)))
+    placed += seen_by_others
     for source in ("state", "kubectl", "fleet"):
         for rule in catalog.rules_from(source):
             for hit in TESTS[source][rule.test](rule, view):

@@ -200,3 +200,15 @@ def test_an_xid_after_another_on_the_same_gpu_points_at_the_first(tmp_path, caps
     report(tmp_path / "fallout")
     screen = capsys.readouterr().out
     assert "    after     on ip-10-1-4-1 gpu.xid:79 came first on the same GPU: act on that one" in screen
+
+
+def test_a_nodes_own_lines_come_before_what_other_nodes_say_of_it(tmp_path, capsys, offline):
+    row = "Kill task failed                                             root      2026-11-22T09:12:45 ip-10-1-4-2"
+    own = "NodeName=ip-10-1-4-2 Arch=x86_64\n   State=IDLE+DRAIN\n   Reason=Kill task failed [root@2026-11-22T09:12:45]"
+    sick_run(tmp_path, nodes=2, unreachable=(), sick={1: {"sinfo_R.txt": row}, 2: {"scontrol_show_node.txt": own}})
+    assert report(tmp_path, json=True) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (finding,) = [f for f in doc["findings"] if f["id"] == "slurm.reason:Kill task failed"]
+    (node,) = finding["nodes"]
+    assert node["hostname"] == host(2) and finding["severity"] == "high"
+    assert [item["bundle"] for item in node["evidence"]] == [None, host(1)]
