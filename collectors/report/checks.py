@@ -11,7 +11,7 @@ import datetime as dt
 import re
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from collectors.report import nodeset
 from collectors.report.model import Evidence, Hit, RunView, decode
@@ -389,21 +389,35 @@ def majority(rule: Any, view: RunView) -> list[Hit]:
 
 
 def expected_count(rule: Any, view: RunView) -> list[Hit]:
-    """Fewer GPUs than the instance type has (EKS NMA NvidiaDeviceCountMismatch). A node where
-    nvidia-smi said nothing is left to the nvidia-smi rules rather than guessed at here."""
+    """Fewer GPUs in nvidia-smi than the instance type has (EKS NMA NvidiaDeviceCountMismatch) or
+    than lspci sees on the PCI bus (azhpc check_missing_gpus). A node where nvidia-smi said
+    nothing is left to the nvidia-smi rules rather than guessed at here."""
     fact, expected = rule.params["fact"], rule.params.get("expected", {})
     hits = []
     for iid, scan in view.scans.items():
-        instance_type = (view.nodes.get(iid) or {}).get("instance_type")
-        want, found = expected.get(instance_type), scan.facts.get(fact)
-        if want is None or found is None or int(found) >= int(want):
+        found = scan.facts.get(fact)
+        references = gpu_references(expected, (view.nodes.get(iid) or {}).get("instance_type"),
+                                    scan.facts.get(rule.params.get("bus_fact", "")))
+        if found is None or not references:
             continue
-        text = f"nvidia-smi shows {found} GPU(s); {instance_type} has {want}"
-        hits.append(fleet_hit(rule, view, iid, f"{found} of {want}", fact, text))
+        want, source = max(references)
+        if int(found) < want:
+            hits.append(fleet_hit(rule, view, iid, f"{found} of {want}", fact,
+                                  f"nvidia-smi shows {found} GPU(s); {source} {want}"))
     return hits
 
 
-RunTest = Callable[[Any, RunView], list[Hit]]
+def gpu_references(expected: dict[str, int], instance_type: str | None, on_bus: Any) -> list[tuple[int, str]]:
+    """What the GPU count should be: the instance type's, and what lspci sees on the PCI bus."""
+    references = []
+    if instance_type in expected:
+        references.append((int(expected[instance_type]), f"{instance_type} has"))
+    if on_bus:
+        references.append((int(on_bus), "lspci sees"))
+    return references
+
+
+# Tests by source; node tests are classes fed lines, the others functions of (rule, RunView).
 TESTS: dict[str, dict[str, Any]] = {
     "node": NODE_TESTS,
     "state": {"hyperpod_status": hyperpod_status, "collection_status": collection_status,
