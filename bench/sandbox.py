@@ -11,6 +11,8 @@ root or unprivileged user namespaces, like the sandbox itself. Timings belong he
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -56,6 +58,23 @@ def sandbox_processes(root: Path) -> set[int]:
     return with_descendants(starts)
 
 
+def cpu_seconds(pids: set[int]) -> float:
+    """CPU time of `pids` and of the children they waited for (a node's mount, for one)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        ticks += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def memory_kib(pids: set[int]) -> tuple[int, int]:
     """(RSS, PSS) summed over `pids`: RSS counts shared pages once per process, PSS shares them out."""
     rss = pss = 0
@@ -78,12 +97,15 @@ def main() -> None:
     spec = SandboxSpec.from_scenario(arguments.scenario)
     root = arguments.root or Path(tempfile.mkdtemp(prefix="sandbox-bench-")) / "root"
     sandbox = Sandbox(root)
+    load = os.getloadavg()[0]
     before = used_memory_kib()
+    own_cpu = own_cpu_seconds()
     began = time.monotonic()
     try:
         status = sandbox.up(spec)
         up_s = time.monotonic() - began
         processes = sandbox_processes(root)
+        cpu = cpu_seconds(processes) + own_cpu_seconds() - own_cpu
         rss, pss = memory_kib(processes)
         used = used_memory_kib() - before
     finally:
@@ -93,7 +115,8 @@ def main() -> None:
     if not arguments.root:
         root.parent.rmdir()
     print(f"scenario       {Path(arguments.scenario).name}: {len(status['nodes'])} nodes, {status['type']}")
-    print(f"up             {up_s:.1f} s")
+    print(f"load average   {load:.1f} when it began (2 cores; other work on the machine slows every figure)")
+    print(f"up             {up_s:.1f} s  (CPU: {cpu:.1f} s in the sandbox's processes and this one)")
     print(f"down           {down_s:.1f} s")
     print(f"processes      {len(processes)}")
     print(f"memory (PSS)   {pss / 1024:.0f} MiB  (RSS summed: {rss / 1024:.0f} MiB)")
