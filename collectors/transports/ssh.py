@@ -73,11 +73,12 @@ PREPARE = 'umask 077; d=$(mktemp -d /tmp/hpc-run.XXXXXX) && cat >"$d/env" && pri
 # The bodies below run under `sh -c BODY hpc-collector DIR` (as root: through `sudo -n` for
 # another user). The S3 ones are the SSM transport's steps: fetch by presigned URL, then run.
 ATTACHED_S3 = f'd=$1; if {FETCH}; then {RUN_ATTACHED}; else rm -rf "$d"; exit {RC_FETCH_FAILED}; fi'
-# `setsid -w` keeps a waiting parent that `kill -0` can see, while the script runs in a session
-# of its own that outlives this channel (see ssm.py).
+# `setsid -w` keeps a waiting parent that `kill -0` can see (a script that dies at once, e.g. on bad
+# input, is caught within the short sleep), while the script runs in a session of its own that
+# outlives this channel (as in ssm.py).
 DETACHED_S3 = (f'd=$1; if {FETCH}; then '
                f'setsid -w nohup sh -c {shlex.quote(RUN_DETACHED)} hpc-collector "$d" >/dev/null 2>&1 </dev/null & '
-               'p=$!; sleep 1; if kill -0 "$p" 2>/dev/null; then echo "HPC_LAUNCH pid=$p"; '
+               'p=$!; sleep 0.3; if kill -0 "$p" 2>/dev/null; then echo "HPC_LAUNCH pid=$p"; '
                'else wait "$p"; r=$?; tail -n 5 "$d.log" 2>/dev/null; echo "HPC_LAUNCH exited=$r"; fi; '
                'else rm -rf "$d"; echo "HPC_LAUNCH fetch_failed"; fi')
 # Pushed script, kept tarball. The folder stays until the tarball is pulled; it is handed back to

@@ -202,8 +202,8 @@ def test_the_node_script_runs_as_root_on_the_node_and_its_result_line_is_read(cl
 def test_detached_launch_returns_once_the_script_runs_on_its_own(cluster, tiny_script_url, tmp_path):
     _, status, _ = cluster
     result = run_job(transport(status), node(status, "worker-group-1"), tiny_script_url, tmp_path, detached=True)
-    # The tiny script ends within the launch's first second: it is reported as finished quickly.
-    assert (result.kind, result.rc) == (SESSION_LAUNCHED, 0), result
+    # Still running when the launch checks (its pid), or already ended well (rc 0): launched either way.
+    assert result.kind == SESSION_LAUNCHED and (result.pid or result.rc == 0), result
 
 
 def test_a_wrong_host_key_is_refused_unless_the_policy_allows_it(cluster, tiny_script_url, tmp_path):
