@@ -494,30 +494,33 @@ class S3UploadFailures:
     """The scenario's `s3_put_failures`: uploads (PUT, POST) to matching keys fail as S3 fails them.
 
     Each rule fails every matching key `times` times (per key), then lets it through; "always" never
-    does. The body is read first, as S3 reads it before it answers.
+    does; a new list of rules starts counting afresh. The body is read first, as S3 reads it before
+    it answers.
     """
 
     def __init__(self, faults: FaultState) -> None:
         self.faults = faults
         self.lock = threading.Lock()
-        self.failed: Counter[tuple[int, str]] = Counter()
+        self.failed: Counter[tuple[str, int, str]] = Counter()
 
     def handle(self, request: Request) -> Response | None:
         if request.method not in ("PUT", "POST") or request.path.startswith("/_emu/") or is_api_call(request):
             return None
         key = urllib.parse.unquote(request.path.lstrip("/").partition("/")[2])
-        for number, rule in enumerate(self.faults.scenario["s3_put_failures"]):
-            if key and rule["key_contains"] in key and self.fails_now(number, rule, key):
+        rules = self.faults.scenario["s3_put_failures"]
+        for number, rule in enumerate(rules):
+            if key and rule["key_contains"] in key and self.fails_now((json.dumps(rules), number, key), rule):
                 request.get_data()
                 return s3_error(request, rule.get("status", 500))
         return None
 
-    def fails_now(self, number: int, rule: dict, key: str) -> bool:
+    def fails_now(self, counted_as: tuple[str, int, str], rule: dict) -> bool:
+        """Whether this upload fails; `counted_as` is (the rules, which rule, the key)."""
         times = rule.get("times", 1)
         with self.lock:
-            if times != "always" and self.failed[number, key] >= times:
+            if times != "always" and self.failed[counted_as] >= times:
                 return False
-            self.failed[number, key] += 1
+            self.failed[counted_as] += 1
             return True
 
 
