@@ -1,7 +1,8 @@
 """The run stage at fleet scale: wall time against the lower bound AWS sets, per session mode.
 
     python bench/runner.py [--sizes 100,500,1000] [--rate 3] [--script-time 20] [--drop-rate 0.05]
-                           [--modes detached-direct,detached-cli,attached-direct,attached-cli,fixed-pool]
+                           [--modes detached-direct,detached-cli,attached-direct,attached-cli,fixed-pool,
+                                    detached-ssh,attached-ssh]
 
 For each size N it brings up a sandbox of N nodes whose StartSession calls are limited to R per
 second (ThrottlingException above that, as AWS does), then runs the run stage once per mode and
@@ -13,7 +14,10 @@ script's contract (status object, tarball, run lock, HPC_RESULT line), so the fi
 runner and AWS's limits, not the collection items. The run stage runs with its defaults (pacing
 at 3 starts/s, 16 sessions, 5 s polls), as an engineer would run it. `fixed-pool` is the earlier tool's scheme:
 16 threads, each holding an AWS CLI session for its node's whole collection, 3 tries on
-throttling (1 s, 2 s), no pacing. Timings live here, never in tests.
+throttling (1 s, 2 s), no pacing. The `*-ssh` modes use the SSH transport (Fabric) instead of SSM;
+they need the per-node sshd of a Slurm sandbox, which exists up to 128 nodes, so for sizes up to that
+the sandbox is a Slurm one (StartSession behaves the same) and above it the SSH rows are skipped.
+Timings live here, never in tests.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ sys.path.insert(0, str(PROJECT))
 
 from collectors.sandbox import Sandbox, SandboxSpec  # noqa: E402  (after the path is set)
 
-MODES = ("detached-direct", "detached-cli", "attached-direct", "attached-cli", "fixed-pool")
+MODES = ("detached-direct", "detached-cli", "attached-direct", "attached-cli", "fixed-pool", "detached-ssh",
+         "attached-ssh")
+SSH_SANDBOX_MAX_NODES = 128
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # The stand-in node script: t seconds of "collection", then what the real script reports.
@@ -66,6 +72,10 @@ def main() -> None:
     for size in args.sizes:
         with sandbox_of(size, args) as (status, env):
             for mode in args.modes:
+                if mode.endswith("-ssh") and not status.get("ssh", {}).get("running"):
+                    print(f"# {size} {mode}: skipped (SSH needs a Slurm sandbox of at most "
+                          f"{SSH_SANDBOX_MAX_NODES} nodes, with an sshd per node)")
+                    continue
                 row = measure(mode, size, status, env, args)
                 peaks.setdefault(mode, {})[size] = row["peak_mb"]
                 print(format_row(size, mode, row, args), flush=True)
@@ -104,7 +114,8 @@ class sandbox_of:
         self.size, self.args = size, args
 
     def __enter__(self):
-        status = self.sandbox.up(SandboxSpec.simple(type="eks", nodes=self.size))
+        wants_ssh = any(mode.endswith("-ssh") for mode in self.args.modes) and self.size <= SSH_SANDBOX_MAX_NODES
+        status = self.sandbox.up(SandboxSpec.simple(type="slurm" if wants_ssh else "eks", nodes=self.size))
         self.sandbox.set_faults(start_session_rate=self.args.rate, session_drop_rate=self.args.drop_rate)
         return status, self.sandbox.env()
 
@@ -116,6 +127,8 @@ def measure(mode: str, size: int, status: dict, env: dict, args: argparse.Namesp
     runs = Path(tempfile.mkdtemp(prefix="bench-runs-"))
     full_env = dict(os.environ, **env, INVOKE_HYPERPOD_RUNS_DIR=str(runs))
     full_env.pop("AWS_PROFILE", None)
+    if mode.endswith("-ssh"):
+        full_env["INVOKE_HYPERPOD_SSH_CONFIG"] = status["ssh"]["config"]  # user, key, port, known_hosts
     prepare(full_env, args)
     command = invoke_command(mode)
     started = time.monotonic()
@@ -153,6 +166,8 @@ def invoke_command(mode: str) -> list[str]:
     if mode == "fixed-pool":
         return [sys.executable, str(PROJECT / "bench" / "fixed_pool.py")]
     session_mode, client = mode.split("-")
+    if client == "ssh":
+        return base + ["--session-mode", session_mode, "--transport", "ssh"]
     return base + ["--session-mode", session_mode, "--session-client", client]
 
 
