@@ -322,7 +322,7 @@ class Sandbox:
         for instance_id, node in settings.items():
             if node["status"] != "Running":
                 self.post_node_status(spec.cluster, spec.region, instance_id, node["status"], node["message"])
-        self.started += start_nodes(self.root, cluster)
+        start_nodes(self.root, cluster)
         status = self.initial_status(spec, cluster, endpoint, settings)
         # The nodes' services start here, with the status dict, once the nodes are up; each adds its
         # keys to the status.

@@ -342,8 +342,8 @@ def check_nodes_alive(root: Path, unshares: dict[str, list[int]], inits: dict, d
         raise RuntimeError(f"{what}: {log[-2000:] or 'no output'}")
 
 
-def start_nodes(root: Path, cluster: ClusterFacts) -> list[subprocess.Popen]:
-    """Start every node of `cluster`; return the processes started here, for the caller to reap."""
+def start_nodes(root: Path, cluster: ClusterFacts) -> None:
+    """Start every node of `cluster`, recording each as it starts (see read_node_records)."""
     (root / "nodes").mkdir()
     prepare_shared(root, cluster)
     templates = log_templates(cluster)
@@ -351,11 +351,18 @@ def start_nodes(root: Path, cluster: ClusterFacts) -> list[subprocess.Popen]:
         prepare_node_dir(root, node, templates, cluster.started_at)
     with open(root / "nodes" / "launched.jsonl", "a") as records, open(root / "nodes" / "init.log", "ab") as log:
         launcher = launch_nodes(root, cluster.nodes, log)
-        inits = await_nodes(root, launcher, len(cluster.nodes), records)
+        try:
+            inits = await_nodes(root, launcher, len(cluster.nodes), records)
+        except BaseException:
+            # The launcher may be starting more nodes, not all of them recorded yet: they are all in
+            # its process group (its PID: it leads its own session), which outlives none of them.
+            os.killpg(launcher.pid, signal.SIGKILL)
+            raise
+        finally:
+            launcher.wait()  # it has exited once every node said it started, or was just killed
     for node in cluster.nodes:
         inits[node.instance_id]["stand_ins"] = stand_in_kind(node)
     write_json_atomically(root / "nodes" / "inits.json", inits)
-    return [launcher]
 
 
 def stop_nodes(root: Path) -> list[int]:

@@ -181,15 +181,16 @@ def test_the_loopback_guard_refuses_real_aws_without_sending(eks_sandbox, monkey
 
 
 def processes_mentioning(text: str) -> list[int]:
-    """Processes whose command line or working folder mentions `text`."""
+    """Processes whose command line, environment (a node's processes carry their folder there) or
+    working folder mentions `text`."""
     pids = []
     for process in Path("/proc").glob("[0-9]*"):
         try:
-            cmdline = (process / "cmdline").read_bytes()
+            seen = (process / "cmdline").read_bytes() + (process / "environ").read_bytes()
             cwd = os.readlink(process / "cwd")
         except OSError:
             continue  # exited while we looked, or not ours to read
-        if text.encode() in cmdline or cwd.startswith(text):
+        if text.encode() in seen or cwd.startswith(text):
             pids.append(int(process.name))
     return pids
 
@@ -230,6 +231,23 @@ def test_a_start_that_fails_part_way_leaves_nothing_behind(tmp_path):
     spec = SandboxSpec(groups=[GroupSpec("worker-group-1", "ml.g6.xlarge", 1)])
     with pytest.raises(SandboxError, match="InstanceType"):
         sandbox.up(spec)
+    assert not sandbox.root.exists()
+    assert processes_mentioning(str(sandbox.root)) == []
+
+
+def test_a_node_that_cannot_start_stops_the_start_and_leaves_nothing(tmp_path, monkeypatch):
+    require_namespaces()
+    require(os.geteuid() == 0, "the sandbox needs root")
+    good_fstab = nodes.node_fstab
+
+    def one_broken(root: Path, node) -> str:  # the third node's /var/log comes from nowhere
+        fstab = good_fstab(root, node)
+        return fstab.replace("/varlog ", "/missing ") if node.hostname.endswith("-12") else fstab
+
+    monkeypatch.setattr(nodes, "node_fstab", one_broken)
+    sandbox = Sandbox(tmp_path / "root")
+    with pytest.raises(SandboxError, match="did not start"):
+        sandbox.up(SandboxSpec.simple(type="eks", nodes=6))
     assert not sandbox.root.exists()
     assert processes_mentioning(str(sandbox.root)) == []
 
