@@ -68,13 +68,13 @@ def test_dropped_and_idle_sessions_lose_no_node_when_detached(cluster, faults, t
     dropped, *others = status["nodes"]
     faults.set_node_faults(dropped["instance_id"], session_drop_after=3)
     faults.set_faults(idle_timeout=3)  # a session without input for 3 s is closed, as SSM does after 20 min
-    # The node script takes longer than 3 s, so an attached session dies mid-collection...
+    # The node script takes longer than 3 s (an extra 6 s item), so an attached session dies mid-collection...
     attached = invoke(env, tmp_path / "attached", "collect", "--session-mode", "attached", "--no-download",
-                      "--nodes", dropped["instance_id"])
+                      "--nodes", dropped["instance_id"], "--command", "sleep 6")
     assert attached.returncode == 1
     assert run_state(tmp_path / "attached", status)["nodes"][dropped["instance_id"]]["status"] not in COLLECTED
     # ...while a detached launch is over before the drop, and the script carries on without it.
-    detached = invoke(env, tmp_path / "detached", "collect", "--no-download")
+    detached = invoke(env, tmp_path / "detached", "collect", "--no-download", "--command", "sleep 6")
     assert detached.returncode == 0, detached.stderr
     nodes = run_state(tmp_path / "detached", status)["nodes"]
     assert {n["status"] for n in nodes.values()} <= COLLECTED
