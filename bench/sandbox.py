@@ -112,8 +112,8 @@ def main() -> None:
         began = time.monotonic()
         sandbox.down()
         down_s = time.monotonic() - began
-    if not arguments.root:
-        root.parent.rmdir()
+        if not arguments.root:
+            root.parent.rmdir()
     print(f"scenario       {Path(arguments.scenario).name}: {len(status['nodes'])} nodes, {status['type']}")
     print(f"load average   {load:.1f} when it began (2 cores; other work on the machine slows every figure)")
     print(f"up             {up_s:.1f} s  (CPU: {cpu:.1f} s in the sandbox's processes and this one)")
