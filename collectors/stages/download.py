@@ -16,6 +16,7 @@ from collectors import console
 from collectors.aws import describe_aws_error
 from collectors.context import StageContext
 from collectors.errors import EXIT_NODES_FAILED, EXIT_OK
+from collectors.hashing import sha256_of
 from collectors.state import SUCCESS_STATUSES
 
 RESULTS_DIR = "results"
@@ -90,11 +91,3 @@ def stream_to_file(body: Any, path: Path) -> tuple[int, str]:
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as src:
-        for chunk in iter(lambda: src.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

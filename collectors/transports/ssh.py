@@ -21,7 +21,6 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import errno
-import hashlib
 import logging
 import os
 import re
@@ -39,6 +38,7 @@ from fabric import Config, Connection
 from paramiko.ssh_exception import NoValidConnectionsError
 
 from collectors.errors import UsageError
+from collectors.hashing import sha256_of
 from collectors.nodes import match_names
 from collectors.settings import Settings, Timeouts
 from collectors.transports.base import (
@@ -566,7 +566,7 @@ class NodeSession:
         partial = results / f".{name}.part"
         try:
             self.sftp().get(kept, str(partial), callback=self.check_cancel_transfer)
-            size, digest = partial.stat().st_size, file_sha256(partial)
+            size, digest = partial.stat().st_size, sha256_of(partial)
             if str(size) != report.get("bytes") or digest != report.get("sha256"):
                 raise PullFailed(f"pulled {size} bytes sha256 {digest[:12]}…, but the node reported "
                                  f"{report.get('bytes')} bytes sha256 {str(report.get('sha256'))[:12]}…")
@@ -666,14 +666,6 @@ def env_file(variables: dict[str, str]) -> bytes:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise ValueError(f"not an environment variable name: {name!r}")
     return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in variables.items()).encode()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
-        for chunk in iter(lambda: source.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def describe(exc: BaseException) -> str:
