@@ -24,6 +24,7 @@ SCHEMA_VERSION = 1
 STATE_FILE = "state.json"
 LOCK_FILE = "state.lock"
 LATEST = "latest"
+RESULTS_DIR = "results"  # the run's downloaded node tarballs
 
 # Fixed node status values (DESIGN.md section 3).
 PENDING, RUNNING, OK, OK_WITH_ERRORS = "pending", "running", "ok", "ok_with_errors"

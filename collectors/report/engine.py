@@ -14,10 +14,9 @@ from collectors.report.findings import Finding, build_findings, finding_nodes
 from collectors.report.kube import KUBECTL_BUNDLE, load_kube
 from collectors.report.model import NodeScan, RunView
 from collectors.report.scan import scan_bundles
-from collectors.state import utc_now
+from collectors.state import RESULTS_DIR, utc_now
 
 REPORT_SCHEMA_VERSION = 1
-RESULTS_DIR = "results"
 # Severities that make a node "not healthy" in the counts; info findings are records, not trouble.
 TROUBLE = ("critical", "high", "warning")
 FLEET_FACTS = ("driver", "cuda", "kernel", "efa_installer", "efa_driver", "gpus", "efa_devices")

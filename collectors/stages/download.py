@@ -17,9 +17,8 @@ from collectors.aws import describe_aws_error
 from collectors.context import StageContext
 from collectors.errors import EXIT_NODES_FAILED, EXIT_OK
 from collectors.hashing import sha256_of
-from collectors.state import SUCCESS_STATUSES
+from collectors.state import RESULTS_DIR, SUCCESS_STATUSES
 
-RESULTS_DIR = "results"
 CHUNK = 1024 * 1024
 
 

@@ -26,6 +26,7 @@ from collectors.pacing import AdaptiveRate
 from collectors.progress import Progress
 from collectors.runner import FINAL, LAUNCHED, RETRY, THROTTLED, Callbacks, Engine, Launch
 from collectors.state import (
+    RESULTS_DIR,
     FAILED, FAILURE_STATUSES, INTERRUPTED, OK, OK_WITH_ERRORS, RUNNING, SKIPPED, TIMEOUT, UNFINISHED_STATUSES,
     UNREACHABLE, utc_now)
 from collectors.transports.base import (
@@ -39,7 +40,6 @@ RC_OK, RC_ITEM_ERRORS, RC_UPLOAD_FAILED = 0, 3, 4
 # The node stops collecting this long before our own timeout so that it still packages and uploads.
 NODE_DEADLINE_MARGIN = 60
 # Where node tarballs are kept locally (the download stage's folder): SSH pulls them back there.
-RESULTS_DIR = "results"
 # Outcome fields cleared when a node is collected again.
 OUTCOME_FIELDS = ("error_kind", "error", "s3_key", "bytes", "sha256", "items", "failed_items", "kept", "pid",
                   "session_id", "launched", "launched_epoch", "finished", "elapsed", "output")
