@@ -26,9 +26,8 @@ from collectors.pacing import AdaptiveRate
 from collectors.progress import Progress
 from collectors.runner import FINAL, LAUNCHED, RETRY, THROTTLED, Callbacks, Engine, Launch
 from collectors.state import (
-    RESULTS_DIR,
-    FAILED, FAILURE_STATUSES, INTERRUPTED, OK, OK_WITH_ERRORS, RUNNING, SKIPPED, TIMEOUT, UNFINISHED_STATUSES,
-    UNREACHABLE, utc_now)
+    FAILED, FAILURE_STATUSES, INTERRUPTED, OK, OK_WITH_ERRORS, RESULTS_DIR, RUNNING, SKIPPED, TIMEOUT,
+    UNFINISHED_STATUSES, UNREACHABLE, utc_now)
 from collectors.transports.base import (
     SESSION_EXITED_EARLY, SESSION_FETCH_FAILED, SESSION_INTERRUPTED, SESSION_LAUNCHED, SESSION_OK,
     SESSION_THROTTLED, SESSION_TIMEOUT, SESSION_UNREACHABLE, NodeJob, SessionResult)
