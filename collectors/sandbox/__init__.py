@@ -1,15 +1,10 @@
 """The local emulated HyperPod used by `invoke demo`, `invoke sandbox.*` and the integration tests.
 
-Kept free of heavy imports: the stand-in session-manager-plugin imports this package once per session.
+The public names load control.py on first use, not on import: the stand-in session-manager-plugin
+imports this package once per session and needs none of it.
 """
 
-from collectors.sandbox.control import (
-    GroupSpec,
-    Sandbox,
-    SandboxSpec,
-    default_root,
-    sandbox_client,
-)
+import importlib
 
 __all__ = [
     "GroupSpec",
@@ -18,3 +13,9 @@ __all__ = [
     "default_root",
     "sandbox_client",
 ]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        return getattr(importlib.import_module("collectors.sandbox.control"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,15 +25,11 @@ from collectors.loopback import refuse_non_loopback
 from collectors.errors import SandboxError
 from collectors.sandbox.services import start_node_services, stop_node_services
 from collectors.sandbox.content import ClusterFacts, Node
+from collectors.sandbox.entry import is_same_process, node_shell_env, nsenter_command, read_init_pid, read_init_pids
 from collectors.sandbox.nodes import (
-    is_same_process,
     kill_if_same,
     namespaces_problem,
-    node_shell_env,
-    nsenter_command,
     process_identity,
-    read_init_pid,
-    read_init_pids,
     read_process_record,
     record_process,
     start_nodes,
@@ -256,7 +252,9 @@ def plugin_wrapper(root: Path) -> str:
         "# Sandbox stand-in for AWS's session-manager-plugin (collectors/sandbox/plugin.py).\n"
         f"PYTHONPATH={shell_quote(str(PACKAGE_PARENT))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
         "export PYTHONPATH\n"
-        f"exec {shell_quote(sys.executable)} -m collectors.sandbox.plugin --root {shell_quote(str(root))} \"$@\"\n"
+        # -S: no site-packages to scan; the plugin needs only the standard library and this package,
+        # and it starts once per session (a thousand times in a fleet run).
+        f"exec {shell_quote(sys.executable)} -S -m collectors.sandbox.plugin --root {shell_quote(str(root))} \"$@\"\n"
     )
 
 

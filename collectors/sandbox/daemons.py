@@ -26,14 +26,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from collectors.errors import SandboxError
-from collectors.sandbox.nodes import (
-    NODE_PATH,
-    is_same_process,
-    kill_if_same,
-    nsenter_command,
-    process_identity,
-    wait_until_gone,
-)
+from collectors.sandbox.entry import NODE_PATH, is_same_process, nsenter_command
+from collectors.sandbox.nodes import kill_if_same, process_identity, wait_until_gone
 
 STATE_PARENT = Path("/run")
 STATE_LINK = "run"  # ROOT/run -> the node-visible state folder

@@ -31,7 +31,7 @@ import tty
 from dataclasses import dataclass
 from pathlib import Path
 
-from collectors.sandbox.nodes import node_shell_env, nsenter_command, read_init_pid
+from collectors.sandbox.entry import node_shell_env, nsenter_command, read_init_pid
 from collectors.sandbox.scenario import NODE_FAULT_DEFAULTS, SCENARIO_FAULT_DEFAULTS
 
 PLUGIN_VERSION = "1.2.707.0"
