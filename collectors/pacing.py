@@ -41,7 +41,11 @@ class AdaptiveRate:
             now = self._clock()
             if now < self._next:
                 return False
-            self._next = max(now, self._next) + 1.0 / self.rate
+            interval = 1.0 / self.rate
+            # Keep to the schedule: a slot taken a little late must not push every later slot back
+            # (a busy caller would otherwise keep a lower rate than it set); after a pause, start afresh.
+            start = self._next if now - self._next < interval else now
+            self._next = start + interval
             return True
 
     def on_throttled(self) -> None:

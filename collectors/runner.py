@@ -1,8 +1,9 @@
 """The engine: paced, bounded fan-out over nodes, with deadlines, retries and Ctrl-C handling.
 
 It knows nothing of SSM, SSH or S3. It calls `launch(key)` in worker threads (at most
-`max_sessions` at once, started no faster than the adaptive rate allows), and `poll(keys)` in the
-main thread for nodes whose work goes on without a session. Every outcome reaches the caller
+`max_sessions` at once, started no faster than the adaptive rate allows), and `poll(keys)` in a
+thread of its own for nodes whose work goes on without a session, so that a slow poll never
+delays a launch. Every outcome reaches the caller
 through callbacks in the main thread, which is the only thread that writes the state file.
 A failed node is data, never an exception.
 """
@@ -72,6 +73,8 @@ class Engine:
         self.waiting: dict[str, float] = {}      # key -> deadline for its node-side work
         self.stopping = False                    # first Ctrl-C: no new launches
         self.next_poll = 0.0
+        self.poller = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poll")
+        self.polling: Future | None = None       # the poll in progress, if any
 
     # -- public ---------------------------------------------------------------------------
     def run(self, to_launch: Iterable[str], waiting: dict[str, float]) -> None:
@@ -83,6 +86,9 @@ class Engine:
             self._loop(pool)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            # A poll still in progress (after Ctrl-C) is not waited for: its nodes stay running in
+            # the state, and the next run picks them up.
+            self.poller.shutdown(wait=False, cancel_futures=True)
         if self.stopping:
             raise KeyboardInterrupt
 
@@ -176,17 +182,30 @@ class Engine:
         self.queue.append(task)
 
     def _poll_waiting(self) -> None:
+        if self.polling is not None:
+            if not self.polling.done():
+                return
+            self._finish_poll()
         now = self.clock()
         if not self.waiting or now < self.next_poll:
             return
         self.next_poll = now + self.poll_interval
-        for key, outcome in self.cb.poll(list(self.waiting)).items():
+        self.polling = self.poller.submit(self.cb.poll, list(self.waiting))
+
+    def _finish_poll(self) -> None:
+        """Wait for the poll in progress and hand its finished nodes on (its errors are raised here)."""
+        polling, self.polling = self.polling, None
+        for key, outcome in polling.result().items():
             if self.waiting.pop(key, None) is not None:
                 self.cb.on_final(key, outcome)
 
     def _enforce_deadlines(self) -> None:
         now = self.clock()
         expired = [key for key, deadline in self.waiting.items() if now >= deadline]
+        if expired and self.polling is not None:
+            # What the poll in progress found must count before a node is called timed out.
+            self._finish_poll()
+            expired = [key for key in expired if key in self.waiting]
         if expired:
             finished = self.cb.poll(expired)  # one last look before calling them timed out
             for key in expired:

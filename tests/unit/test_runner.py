@@ -148,3 +148,46 @@ def test_adaptive_rate_halves_on_throttling_and_recovers():
     for _ in range(100):
         rate.on_success()
     assert rate.rate == 2.0
+
+
+def test_slots_taken_a_little_late_keep_the_rate_and_a_pause_does_not_bank_a_burst():
+    now = [0.0]
+    rate = AdaptiveRate(2.0, clock=lambda: now[0])
+    taken = 0
+    for tick in range(100):  # a caller that looks every 0.3 s, for 30 s
+        now[0] = tick * 0.3
+        taken += rate.try_acquire()
+    assert taken >= 59  # the rate set (2/s), not one start per 0.6 s
+    now[0] = 1000.0  # after a long pause: one start now, the next one interval later
+    assert rate.try_acquire() and not rate.try_acquire()
+    now[0] = 1000.49
+    assert not rate.try_acquire()
+
+
+def test_a_slow_poll_does_not_hold_up_launches():
+    recorder = Recorder(finish_after_polls=1)
+    original_poll, launched_during_poll = recorder.poll, []
+
+    def slow_poll(keys):
+        before = len(recorder.calls)
+        time.sleep(0.3)
+        launched_during_poll.append(len(recorder.calls) - before)
+        return original_poll(keys)
+
+    recorder.poll = slow_poll
+    engine(recorder, rate=AdaptiveRate(100.0), max_sessions=2).run([f"n{i}" for i in range(20)], {})
+    assert set(recorder.final) == {f"n{i}" for i in range(20)}
+    assert max(launched_during_poll) >= 5  # launches went on while the first poll was under way
+
+
+def test_a_node_past_its_deadline_is_not_timed_out_when_the_poll_in_progress_found_it_done():
+    recorder = Recorder(finish_after_polls=1)
+    original_poll = recorder.poll
+
+    def slow_poll(keys):
+        time.sleep(0.3)
+        return original_poll(keys)
+
+    recorder.poll = slow_poll
+    engine(recorder).run([], {"node": time.monotonic() + 0.1})
+    assert recorder.final == {"node": {"status": "ok"}}
