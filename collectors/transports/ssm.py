@@ -43,6 +43,7 @@ LEADING_PROMPTS_RE = re.compile(r"^(?:\S*[#$] )+")
 OUTPUT_TAIL_LINES = 200
 EXIT_WAIT = 10
 POLL = 0.5
+RETYPE_AFTER = 5.0
 # Sessions that ended with our `exit`; any other ending leaves a session SSM must be told to end.
 CLEAN_END = (SESSION_OK, SESSION_LAUNCHED, SESSION_EXITED_EARLY, SESSION_FETCH_FAILED)
 # Node script exit codes that mean it ran (its status object tells the rest): ok, item errors,
@@ -188,9 +189,11 @@ class Conversation:
         if failure:
             return failure
         self.session_id = self.child.match.group(1)
-        self.child.sendline(f"stty -echo 2>/dev/null; umask 077; d=$(mktemp -d /tmp/hpc-run.XXXXXX); "
-                            f'S=__hpc_; T=ready_{self.nonce}__; echo "$S$T:$d"')
-        failure = self._wait(self._marker("ready", r"(\S*)"), self.timeouts.session_prompt, "shell")
+        # Safe to type twice: a second copy reuses the first one's folder.
+        ready = (f'stty -echo 2>/dev/null; umask 077; [ -n "${{d:-}}" ] || d=$(mktemp -d /tmp/hpc-run.XXXXXX); '
+                 f'S=__hpc_; T=ready_{self.nonce}__; echo "$S$T:$d"')
+        self.child.sendline(ready)
+        failure = self._wait(self._marker("ready", r"(\S*)"), self.timeouts.session_prompt, "shell", again=ready)
         if failure:
             return failure
         if not self.child.match.group(1):
@@ -201,7 +204,7 @@ class Conversation:
 
     def _run_attached(self) -> SessionResult:
         self.child.sendline(f"S=__hpc_; T=done_{self.nonce}__; if {FETCH}; then "
-                            f"sh -c {shlex.quote(RUN_ATTACHED)} hpc-collector \"$d\"; else (exit {RC_FETCH_FAILED}); fi; "
+                            f"sh -c {shlex.quote(RUN_ATTACHED)} hpc-collector \"$d\"; else rm -rf \"$d\"; (exit {RC_FETCH_FAILED}); fi; "
                             f'echo "$S$T:$?"')
         failure = self._wait(self._marker("done", r"(\d+)"), self.timeouts.node_script, "script")
         if failure:
@@ -223,7 +226,7 @@ class Conversation:
             f"setsid -w nohup sh -c {shlex.quote(RUN_DETACHED)} hpc-collector \"$d\" >/dev/null 2>&1 </dev/null & "
             f'p=$!; sleep 0.3; if kill -0 "$p" 2>/dev/null; then echo "$S$T:$p"; '
             f'else wait "$p"; r=$?; tail -n 5 "$d.log" 2>/dev/null; echo "$S$T:exited$r"; fi; '
-            f'else echo "$S$T:fetch"; fi')
+            f'else rm -rf "$d"; echo "$S$T:fetch"; fi')
         failure = self._wait(self._marker("launched", r"(\d+|exited\d+|fetch)"), self.timeouts.session_prompt,
                              "launch")
         if failure:
@@ -247,9 +250,12 @@ class Conversation:
     def _result(self, kind: str, step: str, error: str, output: str = "") -> SessionResult:
         return SessionResult(kind, step=step, error=error, output=output, session_id=self.session_id)
 
-    def _wait(self, pattern: re.Pattern, timeout: float, step: str) -> SessionResult | None:
-        """Wait for `pattern`; return a failure result, or None when it matched."""
+    def _wait(self, pattern: re.Pattern, timeout: float, step: str, again: str | None = None) -> SessionResult | None:
+        """Wait for `pattern`; return a failure result, or None when it matched. `again` is typed
+        once more every RETYPE_AFTER seconds without an answer: a line typed while the remote shell
+        was still starting can be lost, and waiting out the whole timeout would cost a session."""
         deadline = time.monotonic() + timeout
+        retype_at = time.monotonic() + RETYPE_AFTER
         while True:
             if self.cancel.is_set():
                 raise Cancelled()
@@ -258,6 +264,9 @@ class Conversation:
                 return None
             if index == 1:
                 return self._ended_early(step)
+            if again and time.monotonic() >= retype_at:
+                self.child.sendline(again)
+                retype_at = time.monotonic() + RETYPE_AFTER
             if time.monotonic() >= deadline:
                 return self._result(SESSION_TIMEOUT, step, f"no answer from the node within {timeout:.0f}s ({step})",
                                     clean_output(self.child.before, self.hidden))
