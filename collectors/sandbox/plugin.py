@@ -13,6 +13,10 @@ when the agent's side goes away; `idle_timeout` closes it after N seconds withou
 client, with the real service's message; `line_limit` truncates typed lines as a terminal in
 canonical mode does (the first limit-1 bytes and the end of line are kept).
 
+An `AWS-StartSSHSession` session (ssh's ProxyCommand) carries a TCP stream instead: to the port the
+request names on the node's own address, where the node's sshd listens; drops and idle timeouts end
+it too.
+
 Run through ROOT/bin/session-manager-plugin, a wrapper that passes `--root ROOT` first.
 """
 
@@ -24,6 +28,7 @@ import pty
 import random
 import select
 import signal
+import socket
 import sys
 import termios
 import time
@@ -42,12 +47,16 @@ SHELLS = {
     # bash started as `sh`, as on AL2023 nodes: POSIX mode, no rc files, prompt `sh-5.2#`.
     "bash": ["/bin/bash", "-c", "exec -a sh /bin/bash"],
 }
-SUPPORTED_DOCUMENTS = (None, "SSM-SessionManagerRunShell")
+SHELL_DOCUMENTS = (None, "SSM-SessionManagerRunShell")
+# Sessions that carry a TCP stream (ssh's ProxyCommand) to a port of the node, on stdin and stdout.
+PORT_DOCUMENTS = ("AWS-StartSSHSession",)
+PORT_CONNECT_TIMEOUT_S = 10.0
 IDLE_MESSAGE = "Your session timed out due to inactivity and has been terminated."
 # What a terminal in canonical mode does with input bytes: these end (or throw away) the line.
 LINE_ENDS = frozenset(b"\n\r\x04\x03\x15")
 ERASE = frozenset(b"\x7f\x08")
 HANGUP_GRACE_S = 5.0
+CHUNK = 65536
 
 
 class SessionError(Exception):
@@ -112,7 +121,7 @@ def write_all(fd: int, data: bytes) -> None:
 def read_available(fd: int) -> bytes:
     """One read; b"" once the other side of a pty is closed (Linux reports that as EIO)."""
     try:
-        return os.read(fd, 65536)
+        return os.read(fd, CHUNK)
     except OSError as error:
         if error.errno == errno.EIO:
             return b""
@@ -207,7 +216,7 @@ def relay(child_pid: int, master_fd: int, stdin_is_tty: bool, faults: SessionFau
                 return None
             write_all(stdout_fd, data)
         if stdin_fd in readable:
-            data = os.read(stdin_fd, 65536)
+            data = os.read(stdin_fd, CHUNK)
             deadlines.input_seen()
             if data:
                 write_all(master_fd, line_limit.filter(data))
@@ -288,14 +297,81 @@ def start_session(root: Path, arguments: list[str]) -> int:
     response_argument, _region, _operation, _profile, request_json, _endpoint = arguments
     session_id = session_response(response_argument)["SessionId"]
     request = json.loads(request_json)
-    if request.get("DocumentName") not in SUPPORTED_DOCUMENTS:
-        raise SessionError(f"the sandbox plugin does not emulate document {request['DocumentName']}")
+    document = request.get("DocumentName")
     instance_id = instance_id_from_target(request.get("Target", ""))
+    if document in PORT_DOCUMENTS:
+        return forward_port(root, instance_id, port_number(request), session_faults(root, instance_id))
+    if document not in SHELL_DOCUMENTS:
+        raise SessionError(f"the sandbox plugin does not emulate document {document}")
     command = node_shell_command(root, instance_id)
     print(f"\nStarting session with SessionId: {session_id}\n", flush=True)
     why = run_session(command, session_faults(root, instance_id))
     print(closing_banner(session_id, why), end="", flush=True)
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Port sessions (AWS-StartSSHSession): the agent connects to the port on the node and the plugin
+# carries the stream on stdin/stdout, with no banners (ssh reads stdout as the connection).
+
+
+def port_number(request: dict) -> int:
+    """`--parameters portNumber=22` reaches the plugin as {"portNumber": ["22"]}."""
+    values = (request.get("Parameters") or {}).get("portNumber") or ["22"]
+    try:
+        return int(values[0])
+    except ValueError:
+        raise SessionError(f"portNumber {values[0]!r} is not a port number") from None
+
+
+def node_address(root: Path, instance_id: str) -> str:
+    """The node's own loopback address, where its daemons listen (the agent would use localhost)."""
+    if read_init_pid(root, instance_id) is None:
+        raise SessionError(f"sandbox node {instance_id} is not running")
+    nodes = json.loads((root / "sandbox.json").read_text())["nodes"]
+    return next(node["ip"] for node in nodes if node["instance_id"] == instance_id)
+
+
+def forward_port(root: Path, instance_id: str, port: int, faults: SessionFaults) -> int:
+    address = node_address(root, instance_id)
+    try:
+        connection = socket.create_connection((address, port), timeout=PORT_CONNECT_TIMEOUT_S)
+    except OSError as error:
+        # What the agent reports when nothing listens on the port.
+        raise SessionError(f"Connection to destination port {port} on {address} failed: {error.strerror or error}") from None
+    with connection:
+        connection.setblocking(True)
+        try:
+            carry_stream(connection, faults)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # one side went away: the session ends, as the real one does
+    return 0
+
+
+def carry_stream(connection: socket.socket, faults: SessionFaults) -> None:
+    """Copy stdin to the node's port and the port to stdout until the node closes it or a fault
+    ends the session; the end of stdin is passed on as a half-close, as the agent does."""
+    stdin_fd, stdout_fd, remote_fd = sys.stdin.fileno(), sys.stdout.fileno(), connection.fileno()
+    watched = [stdin_fd, remote_fd]
+    deadlines = Deadlines(faults)
+    while True:
+        wait_s, why = deadlines.next_end()
+        readable = select.select(watched, [], [], wait_s)[0]
+        if not readable and why:
+            return
+        if remote_fd in readable:
+            data = connection.recv(CHUNK)
+            if not data:
+                return
+            write_all(stdout_fd, data)
+        if stdin_fd in readable:
+            data = os.read(stdin_fd, CHUNK)
+            deadlines.input_seen()
+            if data:
+                connection.sendall(data)
+            else:
+                watched.remove(stdin_fd)
+                connection.shutdown(socket.SHUT_WR)
 
 
 def main(argv: list[str]) -> int:
