@@ -47,6 +47,8 @@ COMMON_HELP = {
     "skip_nvidia_bug_report": "do not run nvidia-bug-report.sh on nodes",
     "upload_mode": "presigned (default: curl PUT, nodes need no S3 rights) or awscli (aws s3 cp with the node's role)",
     "redact_pattern": "extra redaction pattern (extended regex) applied on nodes before upload (repeatable)",
+    "discovery": "where the nodes come from: auto (default: the API, else the --gateway head node when the API cannot "
+                 "be reached over --transport ssh), api, or head-node (sinfo and resource_config.json over SSH)",
     "transport": "how nodes are reached: ssm (default: a Session Manager session per node) or ssh (Fabric)",
     "gateway": "SSH jump host: [user@]host[:port], or controller, an instance id or an ip-a-b-c-d name of the cluster",
     "gateway_via": "how the jump host is reached: ssh (default) or ssm (AWS-StartSSHSession; it must be a node)",
@@ -131,18 +133,19 @@ def _node_flags(since=None, file_cap_mb=None, bundle_cap_mb=None, nvidia_bug_rep
 
 @task(iterable=["instance_groups", "nodes", "command", "redact_pattern"], auto_shortflags=False,
       help=_help("cluster", "s3_path", "region", "profile", "instance_groups", "nodes", "command", "max_workers",
-                 "session_mode", "session_client", "session_rate", "quiet", *NODE_FLAGS, "kube_context", *SSH_FLAGS,
+                 "session_mode", "session_client", "session_rate", "quiet", *NODE_FLAGS, "kube_context", "discovery",
+                 *SSH_FLAGS,
                  download="download the node tarballs and report on them when collection ends (default: yes)"))
 @reports_errors
 def collect(ctx, cluster=None, s3_path=None, region=None, profile=None, instance_groups=None, nodes=None,
             command=None, max_workers=None, session_mode=None, session_client=None, session_rate=None, quiet=False,
             download=True, since=None, file_cap_mb=None, bundle_cap_mb=None, nvidia_bug_report=False,
             skip_nvidia_bug_report=False, upload_mode=None, redact_pattern=None, kube_context=None,
-            transport=None, gateway=None, gateway_via=None, ssh_user=None, ssh_key=None, ssh_port=None,
-            ssh_config=None, ssh_known_hosts=None, ssh_known_hosts_file=None, ssh_data_path=None):
+            discovery=None, transport=None, gateway=None, gateway_via=None, ssh_user=None, ssh_key=None,
+            ssh_port=None, ssh_config=None, ssh_known_hosts=None, ssh_known_hosts_file=None, ssh_data_path=None):
     """Collect diagnostics from every node: discover, render, upload, kubectl, run, summarize, download, report."""
     settings = _settings(ctx, cluster=cluster, s3_path=s3_path, region=region, profile=profile,
-                         max_workers=max_workers, kube_context=kube_context,
+                         max_workers=max_workers, kube_context=kube_context, discovery=discovery,
                          **_session_flags(session_mode, session_client, session_rate),
                          **_ssh_flags(transport, gateway, gateway_via, ssh_user, ssh_key, ssh_port,
                                       ssh_config, ssh_known_hosts, ssh_known_hosts_file, ssh_data_path),
@@ -152,14 +155,19 @@ def collect(ctx, cluster=None, s3_path=None, region=None, profile=None, instance
                                                download=download, quiet=quiet))
 
 
-@task(iterable=["instance_groups", "nodes"],
+@task(iterable=["instance_groups", "nodes"], auto_shortflags=False,
       help=_help("cluster", "region", "profile", "run_id", "instance_groups", "nodes", "max_workers", "json",
-                 run_id="refresh the nodes of this run instead of starting a new one"))
+                 "discovery", *SSH_FLAGS, run_id="refresh the nodes of this run instead of starting a new one"))
 @reports_errors
 def discover(ctx, cluster=None, region=None, profile=None, run_id=None, instance_groups=None, nodes=None,
-             max_workers=None, json=False):
+             max_workers=None, json=False, discovery=None, transport=None, gateway=None, gateway_via=None,
+             ssh_user=None, ssh_key=None, ssh_port=None, ssh_config=None, ssh_known_hosts=None,
+             ssh_known_hosts_file=None, ssh_data_path=None):
     """Start a run: describe the cluster, list its nodes (all pages) and select the ones to collect."""
     return _stage(ctx, "discover", cluster=cluster, region=region, profile=profile, max_workers=max_workers,
+                  session={"discovery": discovery,
+                           **_ssh_flags(transport, gateway, gateway_via, ssh_user, ssh_key, ssh_port,
+                                        ssh_config, ssh_known_hosts, ssh_known_hosts_file, ssh_data_path)},
                   run_id=run_id, instance_groups=instance_groups, nodes=nodes, json=json)
 
 

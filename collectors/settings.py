@@ -32,6 +32,9 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "session_rate": (3.0, "StartSession calls per second at most (AWS allows about 3 per account; halved on throttling)"),
     "session_attempts": (3, "sessions tried per node when a launch fails or drops (throttling aside)"),
     "poll_interval": (5, "seconds between S3 checks for finished nodes (detached mode)"),
+    "discovery": ("auto", "where the nodes come from: api (SageMaker), head-node (sinfo and resource_config.json on "
+                          "the --gateway head node, over SSH), auto (the API; the head node when the API cannot "
+                          "be reached and a --gateway host is set for --transport ssh)"),
     # Node-side options: the same for every node of a run, baked into the node script at render time.
     "since": ("3d", "journal and log window on nodes: 30m, 12h, 3d, 2w, an ISO date/time, or all"),
     "file_cap_mb": (50, "per-file cap on nodes in MB (longer files keep their last bytes)"),
@@ -64,7 +67,8 @@ SCHEMA: dict[str, tuple[Any, str]] = {
 }
 CHOICES = {"session_mode": ("detached", "attached"), "session_client": ("direct", "cli"),
            "upload_mode": ("presigned", "awscli"), "transport": ("ssm", "ssh"), "ssh_gateway_via": ("ssh", "ssm"),
-           "ssh_data_path": ("s3", "sftp")}
+           "ssh_data_path": ("s3", "sftp"),
+           "discovery": ("auto", "api", "head-node")}
 # Optional integers: None means "not given" (a lower layer, such as the ssh config, decides).
 OPTIONAL_INTS = ("ssh_port",)
 # String settings with a fixed shape: (regex, what it must be).
@@ -161,6 +165,7 @@ class Settings:
     session_rate: float = 3.0
     session_attempts: int = 3
     poll_interval: int = 5
+    discovery: str = "auto"
     since: str = "3d"
     file_cap_mb: int = 50
     bundle_cap_mb: int = 2048

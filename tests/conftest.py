@@ -6,6 +6,7 @@ fails instead when CI=true, so CI never passes by skipping.
 
 import os
 import shutil
+import socket
 import subprocess
 
 import pytest
@@ -39,3 +40,10 @@ def require_namespaces() -> None:
 
 def require_tool(name: str, package: str) -> None:
     require(shutil.which(name) is not None, f"needs `{name}` (Debian package {package})")
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: what a client meets when the server is down."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

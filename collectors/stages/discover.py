@@ -6,26 +6,28 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
 
+import botocore.exceptions
+
 from collectors import console
-from collectors.aws import error_code
+from collectors.aws import describe_aws_error, error_code
 from collectors.context import StageContext
 from collectors.errors import UsageError
 from collectors.nodes import ip_from_hostname, match_names
+from collectors.settings import Settings
+from collectors.stages import head_node
 from collectors.state import PENDING, utc_now
 
 NOT_FOUND_CODES = ("ValidationException", "ResourceNotFound", "ResourceNotFoundException")
+ACCESS_DENIED_CODES = ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation")
+API_UNREACHABLE_ERRORS = (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError,
+                          botocore.exceptions.ReadTimeoutError)
 # Fields a node keeps from one discovery to the next; the rest is refreshed from the API.
 OUTCOME_FIELDS = ("status", "error_kind", "error", "attempts", "started", "finished", "elapsed",
                   "s3_key", "bytes", "sha256", "output", "items", "failed_items", "transcript")
 
 
 def execute(ctx: StageContext) -> None:
-    sagemaker = ctx.aws.client("sagemaker")
-    requested = ctx.settings.require_cluster()
-    cluster = describe_cluster(sagemaker, requested, ctx.aws.region)
-    summaries = list_cluster_nodes(sagemaker, cluster["arn"])
-    nodes = [node_from_summary(s) for s in summaries]
-    fill_missing_hostnames(sagemaker, cluster["arn"], nodes, ctx.settings.max_workers)
+    cluster, nodes = read_cluster(ctx)
     selected = select_nodes(nodes, ctx.options.get("instance_groups") or [], ctx.options.get("nodes") or [],
                             cluster["name"])
     record(ctx, cluster, selected, total=len(nodes))
@@ -34,6 +36,47 @@ def execute(ctx: StageContext) -> None:
                                 "nodes": list(ctx.state.nodes.values())}, indent=2))
     console.log(f"cluster {cluster['name']} ({cluster['type']}, {cluster['status']}): {len(nodes)} nodes, "
                 f"{len(selected)} selected; run {ctx.state.run_id} in {ctx.state.run_dir}")
+
+
+def read_cluster(ctx: StageContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """From the SageMaker API, or from the head node when asked to, or when the API cannot be reached."""
+    settings = ctx.settings
+    if settings.discovery == "head-node":
+        return head_node.read_cluster(settings, ctx.aws.region)
+    try:
+        return read_cluster_from_api(ctx)
+    except Exception as exc:  # noqa: BLE001 - only an unreachable API is ours to handle
+        if not (settings.discovery == "auto" and api_unreachable(exc) and head_node_configured(settings)):
+            raise
+        console.log(f"warning: the SageMaker API cannot be reached ({describe_aws_error(exc)}); reading the nodes "
+                    f"from the head node {settings.ssh_gateway}")
+    return head_node.read_cluster(settings, ctx.aws.region)
+
+
+def read_cluster_from_api(ctx: StageContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    # Two tries per call where the head node can stand in: not five retries of a dead endpoint first.
+    sagemaker = ctx.aws.client("sagemaker", retries=2 if head_node_configured(ctx.settings) else 5)
+    cluster = describe_cluster(sagemaker, ctx.settings.require_cluster(), ctx.aws.region)
+    summaries = list_cluster_nodes(sagemaker, cluster["arn"])
+    nodes = [node_from_summary(s) for s in summaries]
+    fill_missing_hostnames(sagemaker, cluster["arn"], nodes, ctx.settings.max_workers)
+    return cluster, nodes
+
+
+def api_unreachable(exc: BaseException) -> bool:
+    """No route to the endpoint, or no permission to call it: what the head node can stand in for."""
+    return isinstance(exc, API_UNREACHABLE_ERRORS) or error_code(exc) in ACCESS_DENIED_CODES
+
+
+def head_node_configured(settings: Settings) -> bool:
+    """`auto` falls back only where the head node can be reached without the API: SSH to a named host."""
+    if settings.discovery == "api" or settings.transport != "ssh":
+        return False
+    try:
+        head_node.head_node_address(settings)
+    except UsageError:
+        return False
+    return True
 
 
 def describe_cluster(sagemaker: Any, name: str, region: str) -> dict[str, Any]:

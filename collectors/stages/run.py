@@ -47,6 +47,10 @@ OUTCOME_FIELDS = ("error_kind", "error", "s3_key", "bytes", "sha256", "items", "
 def execute(ctx: StageContext) -> int:
     state = ctx.state
     state.require_stage("upload", "run")
+    if ctx.settings.transport == "ssm" and not state.cluster.get("id"):
+        # Read on the head node without resource_config.json: no cluster id, so no SSM target.
+        raise UsageError(f"run {state.run_id} has no cluster id for SSM targets (its nodes were read on the head "
+                         "node); collect them with --transport ssh")
     nodes = nodes_to_run(ctx)
     skip_unhealthy(nodes)
     runnable = [n for n in nodes if n["status"] != SKIPPED]
@@ -86,9 +90,10 @@ def nodes_to_run(ctx: StageContext) -> list[dict[str, Any]]:
 
 
 def skip_unhealthy(nodes: list[dict[str, Any]]) -> None:
-    """HyperPod already says these nodes cannot serve a session: report them, do not spend time on them."""
+    """HyperPod already says these nodes cannot serve a session: report them, do not spend time on them.
+    A node read from the head node has no HyperPod status (None): it is tried."""
     for node in nodes:
-        if node["hyperpod_status"] != "Running" and node.get("status") != RUNNING:
+        if node["hyperpod_status"] not in ("Running", None) and node.get("status") != RUNNING:
             node.update(status=SKIPPED, error_kind="not_running", finished=utc_now(),
                         error=f"HyperPod status is {node['hyperpod_status']}; not collected")
 

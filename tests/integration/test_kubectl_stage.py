@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tarfile
@@ -22,7 +21,7 @@ import pytest
 
 from collectors.sandbox import SandboxSpec
 from collectors.stages.kubectl import BUILTIN_RESOURCES
-from tests.conftest import require_tool
+from tests.conftest import closed_port, require_tool
 
 PROJECT = Path(__file__).resolve().parents[2]
 HEALTH_LABEL = "sagemaker.amazonaws.com/node-health-status"
@@ -226,10 +225,3 @@ def kubeconfig_copy(status: dict, tmp_path: Path, name: str | None = None, serve
     path = tmp_path / "kubeconfig"
     path.write_text(json.dumps(config))
     return path
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on: what kubectl meets when the API server is down."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

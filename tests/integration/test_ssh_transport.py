@@ -27,7 +27,7 @@ from collectors.transports.base import (
     SESSION_INTERRUPTED, SESSION_LAUNCHED, SESSION_OK, SESSION_START_FAILED, SESSION_TIMEOUT, SESSION_UNREACHABLE,
     NodeJob)
 from collectors.transports.ssh import Gateway, SshOptions, SshTransport, ssm_proxy_command
-from tests.conftest import require_tool
+from tests.conftest import closed_port, require_tool
 
 PROJECT = Path(__file__).resolve().parents[2]
 # Files that must be byte for byte the same whichever transport ran the node script.
@@ -127,6 +127,26 @@ def test_a_slurm_collection_over_ssh_gives_the_same_tarballs_as_over_ssm(cluster
         assert transcript.startswith(f"# ssh root@{worker['ip']}:{status['ssh']['port']}\n")
         assert "HPC_RESULT status=ok" in transcript
     assert_no_secret_in(run_dir)
+
+
+def test_with_the_sagemaker_api_out_of_reach_the_nodes_are_read_on_the_head_node(cluster, over_ssm, tmp_path):
+    """The SageMaker endpoint is a closed loopback port: discovery falls back to sinfo (real Slurm) and
+    resource_config.json on the head node, over real SSH, and the collection is the same as over SSM."""
+    _, status, env = cluster
+    head = node(status, "controller-machine")
+    unreachable = dict(env, AWS_ENDPOINT_URL_SAGEMAKER=f"http://127.0.0.1:{closed_port()}")
+    result = invoke(unreachable, tmp_path, "collect", *COLLECT, "--transport", "ssh",
+                    "--ssh-config", status["ssh"]["config"], "--gateway", head["ip"])
+    assert result.returncode == 0, result.stderr
+    assert "the SageMaker API cannot be reached" in result.stderr
+    run_dir = tmp_path / status["cluster"] / "latest"
+    state = state_of(run_dir)
+    assert state["cluster"]["discovered_from"].startswith(f"head node {head['ip']} (sinfo")
+    assert (state["cluster"]["id"], state["cluster"]["type"]) == (status["cluster_id"], "slurm")
+    found = {iid: (n["group"], n["ip"], n["hostname"]) for iid, n in state["nodes"].items()}
+    assert found == {n["instance_id"]: (n["group"], n["ip"], n["hostname"]) for n in status["nodes"]}
+    assert state["nodes"][node(status, "worker-group-1")["instance_id"]]["slurm_state"] == "idle"
+    assert_same_bundles(run_dir, over_ssm)
 
 
 def test_through_the_controller_with_tarballs_pulled_back_over_sftp(cluster, over_ssm, tmp_path):
@@ -269,21 +289,33 @@ def test_ctrl_c_ends_the_node_script_with_its_connection(cluster, tmp_path):
     assert remote(status, worker, "pgrep -f 'slee[p] 4242'").stdout == ""
 
 
-def test_a_jump_host_reached_by_ssm_reports_what_the_session_said(cluster, tiny_script_url, tmp_path, monkeypatch):
-    """The real AWS CLI opens an AWS-StartSSHSession session to the head node. The sandbox's stand-in
-    plugin does not relay that document (yet), so what is tested is that its refusal reaches the
-    node's outcome, at the gateway step, in one line."""
-    _, status, env = cluster
+def ssm_gateway(status: dict, env: dict, monkeypatch, port: int) -> Gateway:
+    """The head node as jump host, reached by the real AWS CLI through an AWS-StartSSHSession session."""
     for name, value in env.items():  # the proxy's AWS CLI runs with our environment, as under `invoke`
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE")
     head = node(status, "controller-machine")
     target = f"sagemaker-cluster:{status['cluster_id']}_{head['group']}-{head['instance_id']}"
-    gateway = Gateway("controller", head["ip"], proxy_command=ssm_proxy_command(target, status["ssh"]["port"],
-                                                                                 status["region"], None))
+    return Gateway("controller", head["ip"], proxy_command=ssm_proxy_command(target, port, status["region"], None))
+
+
+def test_a_jump_host_reached_by_ssm_carries_the_node_session(cluster, tiny_script_url, tmp_path, monkeypatch):
+    _, status, env = cluster
+    worker = node(status, "worker-group-1")
+    gateway = ssm_gateway(status, env, monkeypatch, status["ssh"]["port"])
+    result = run_job(transport(status, gateway=gateway), worker, tiny_script_url, tmp_path)
+    assert (result.kind, result.rc) == (SESSION_OK, 0), result
+    assert (result.result["host"], result.result["user"]) == (worker["hostname"], "root")
+
+
+def test_a_jump_host_port_that_ssm_cannot_reach_fails_the_gateway_step_in_one_line(cluster, tiny_script_url,
+                                                                                   tmp_path, monkeypatch):
+    _, status, env = cluster
+    gateway = ssm_gateway(status, env, monkeypatch, port=9)  # nothing listens on the discard port
     result = run_job(transport(status, gateway=gateway), node(status, "worker-group-1"), tiny_script_url, tmp_path)
     assert (result.kind, result.step) == (SESSION_START_FAILED, "gateway"), result
-    assert result.error.startswith("jump host controller through SSM: ") and "AWS-StartSSHSession" in result.error
+    assert result.error.startswith("jump host controller through SSM: ") and "port 9" in result.error
+    assert "\n" not in result.error
 
 
 # Last: it stops the worker's sshd for good.
