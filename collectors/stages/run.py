@@ -35,10 +35,9 @@ from collectors.transports.ssh import ssh_transport
 from collectors.transports.ssm import SsmCliTransport, SsmDirectTransport
 
 # Node script exit codes (bash/collect.sh).
-RC_OK, RC_ITEM_ERRORS, RC_UPLOAD_FAILED = 0, 3, 4
+RC_OK, RC_ITEM_ERRORS, RC_UPLOAD_FAILED, RC_ALREADY_RUNNING = 0, 3, 4, 5
 # The node stops collecting this long before our own timeout so that it still packages and uploads.
 NODE_DEADLINE_MARGIN = 60
-# Where node tarballs are kept locally (the download stage's folder): SSH pulls them back there.
 # Outcome fields cleared when a node is collected again.
 OUTCOME_FIELDS = ("error_kind", "error", "s3_key", "bytes", "sha256", "items", "failed_items", "kept", "pid",
                   "session_id", "launched", "launched_epoch", "finished", "elapsed", "output")
@@ -166,7 +165,9 @@ class NodeCollector:
         started = time.monotonic()
         result = self.transport.run(self.job(node), self.ctx.cancel)
         outcome = {"attempts": attempt, "session_id": result.session_id}
-        if result.kind == SESSION_LAUNCHED:
+        if result.kind == SESSION_LAUNCHED or (result.kind == SESSION_OK and result.rc == RC_ALREADY_RUNNING):
+            # Already running: a launch of this run from before (detached, then resumed attached) still
+            # collects on the node; its status object says when it ends, as for a detached launch.
             return Launch(LAUNCHED, dict(outcome, pid=result.pid, launched=utc_now(), launched_epoch=time.time(),
                                          deadline=time.monotonic() + self.settings.timeouts.node_script))
         if result.kind == SESSION_OK:

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,28 @@ def test_unreachable_nodes_fail_fast_and_retry_failed_touches_only_them(cluster,
     assert {n["status"] for n in nodes.values()} <= COLLECTED
     for node in status["nodes"]:
         assert launches(tmp_path, status, node["instance_id"]) == 1, node["instance_id"]
+
+
+def test_after_a_crash_an_attached_run_waits_for_the_script_still_running_on_the_node(cluster, faults, tmp_path):
+    """The first run launches detached and dies (SIGKILL); resumed in attached mode, the node answers
+    "already running": the run waits for that script's status object instead of calling it failed."""
+    sandbox, status, env = cluster
+    target = status["nodes"][0]["instance_id"]
+    full_env = dict(os.environ, **env, INVOKE_HYPERPOD_RUNS_DIR=str(tmp_path), INVOKE_HYPERPOD_POLL_INTERVAL="1")
+    full_env.pop("AWS_PROFILE", None)
+    first = subprocess.Popen([sys.executable, "-m", "invoke", "collect", "--no-download", "--nodes", target,
+                              "--command", "sleep 8"], cwd=PROJECT, env=full_env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while launches(tmp_path, status, target) == 0 and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.2)
+    finally:
+        first.kill()
+        first.wait()
+    assert launches(tmp_path, status, target) == 1
+    resumed = invoke(env, tmp_path, "run", "--session-mode", "attached", "--nodes", target)
+    assert resumed.returncode == 0, resumed.stderr
+    node = run_state(tmp_path, status)["nodes"][target]
+    assert node["status"] in COLLECTED and node["bytes"] > 0, node
+    assert launches(tmp_path, status, target) == 1  # collected once, by the first launch
