@@ -140,8 +140,10 @@ def merge_nodes(slurm_nodes: dict[str, dict[str, str]], config: dict[str, Any]) 
         address = instance.get("CustomerIpAddress")
         slurm_name = by_address.get(address)
         named.add(slurm_name)
-        nodes.append(node_record(instance["InstanceId"], instance["group"], instance.get("instance_type"), address,
-                                 slurm_name, slurm_nodes.get(slurm_name)))
+        # The instance id is the run's key for a node; the Slurm or instance name stands in without one.
+        key = instance.get("InstanceId") or slurm_name or instance.get("InstanceName") or address
+        nodes.append(node_record(key, instance["group"], instance.get("instance_type"), address, slurm_name,
+                                 slurm_nodes.get(slurm_name)))
     for name, slurm in sorted(slurm_nodes.items()):
         if name not in named:
             nodes.append(node_record(name, "unknown", None, slurm["address"], name, slurm))

@@ -50,6 +50,12 @@ def test_resource_config_names_every_instance_and_sinfo_adds_slurm_names_and_sta
     assert all(node["hyperpod_status"] is None for node in nodes.values())
 
 
+def test_an_instance_without_an_id_is_known_by_its_slurm_name():
+    config = {"InstanceGroups": [{"Name": "workers", "Instances": [{"CustomerIpAddress": "10.1.0.12"}]}]}
+    nodes = head_node.merge_nodes(head_node.parse_sinfo(SINFO), config)
+    assert nodes[0]["instance_id"] == "ip-10-1-0-12" and nodes[0]["group"] == "workers"
+
+
 def test_without_resource_config_the_slurm_names_stand_for_instance_ids():
     for text in ("", "not json", "[]"):
         nodes = head_node.merge_nodes(head_node.parse_sinfo(SINFO), head_node.parse_resource_config(text))
