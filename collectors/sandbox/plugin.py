@@ -338,7 +338,8 @@ def forward_port(root: Path, instance_id: str, port: int, faults: SessionFaults)
         connection = socket.create_connection((address, port), timeout=PORT_CONNECT_TIMEOUT_S)
     except OSError as error:
         # What the agent reports when nothing listens on the port.
-        raise SessionError(f"Connection to destination port {port} on {address} failed: {error.strerror or error}") from None
+        reason = error.strerror or error
+        raise SessionError(f"Connection to destination port {port} on {address} failed: {reason}") from None
     with connection:
         connection.setblocking(True)
         try:

@@ -204,7 +204,8 @@ class Conversation:
 
     def _run_attached(self) -> SessionResult:
         self.child.sendline(f"S=__hpc_; T=done_{self.nonce}__; if {FETCH}; then "
-                            f"sh -c {shlex.quote(RUN_ATTACHED)} hpc-collector \"$d\"; else rm -rf \"$d\"; (exit {RC_FETCH_FAILED}); fi; "
+                            f"sh -c {shlex.quote(RUN_ATTACHED)} hpc-collector \"$d\"; "
+                            f"else rm -rf \"$d\"; (exit {RC_FETCH_FAILED}); fi; "
                             f'echo "$S$T:$?"')
         failure = self._wait(self._marker("done", r"(\d+)"), self.timeouts.node_script, "script")
         if failure:

@@ -25,8 +25,9 @@ CONFIG = {
          "Instances": [{"InstanceName": "controller-machine-1", "CustomerIpAddress": "10.1.0.10",
                         "InstanceId": "i-0000000000000000a"}]},
         {"Name": "workers", "InstanceType": "ml.p5.48xlarge",
-         "Instances": [{"InstanceName": "workers-1", "CustomerIpAddress": "10.1.0.11", "InstanceId": "i-0000000000000000b"},
-                       {"InstanceName": "workers-2", "CustomerIpAddress": "10.1.0.12", "InstanceId": "i-0000000000000000c"}]},
+         "Instances": [
+             {"InstanceName": "workers-1", "CustomerIpAddress": "10.1.0.11", "InstanceId": "i-0000000000000000b"},
+             {"InstanceName": "workers-2", "CustomerIpAddress": "10.1.0.12", "InstanceId": "i-0000000000000000c"}]},
     ],
 }
 
