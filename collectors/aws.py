@@ -28,11 +28,14 @@ class Aws:
         if settings.sandbox:
             check_sandbox_environment()
         try:
-            self.session = boto3.Session(region_name=settings.region, profile_name=settings.profile)
+            # AWS_REGION, which the AWS CLI v2 and the other SDKs read, where this botocore reads only
+            # AWS_DEFAULT_REGION.
+            region = settings.region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or None
+            self.session = boto3.Session(region_name=region, profile_name=settings.profile)
         except botocore.exceptions.ProfileNotFound as exc:
             raise UsageError(str(exc)) from None
         if not self.session.region_name:
-            raise UsageError("no AWS region: pass --region or set AWS_REGION / a profile region")
+            raise UsageError("no AWS region: pass --region, or set AWS_REGION or a profile's region")
 
     @property
     def region(self) -> str:
