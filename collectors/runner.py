@@ -3,8 +3,8 @@
 It knows nothing of SSM, SSH or S3. It calls `launch(key)` in worker threads (at most
 `max_sessions` at once, started no faster than the adaptive rate allows), and `poll(keys)` in a
 thread of its own for nodes whose work goes on without a session, so that a slow poll never
-delays a launch. Every outcome reaches the caller
-through callbacks in the main thread, which is the only thread that writes the state file.
+delays a launch. Every outcome reaches the caller through callbacks in the main thread, which is
+the only thread that writes the state file.
 A failed node is data, never an exception.
 """
 
