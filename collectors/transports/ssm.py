@@ -189,8 +189,11 @@ class Conversation:
         if failure:
             return failure
         self.session_id = self.child.match.group(1)
-        # Safe to type twice: a second copy reuses the first one's folder.
-        ready = (f'stty -echo 2>/dev/null; umask 077; [ -n "${{d:-}}" ] || d=$(mktemp -d /tmp/hpc-run.XXXXXX); '
+        # Safe to type twice: a second copy reuses the first one's folder. The guard variable is this
+        # session's own (nonce): a `d` the node's shell already had must never become our folder.
+        mine = f"hpc_dir_{self.nonce}"
+        ready = (f'stty -echo 2>/dev/null; umask 077; '
+                 f'[ -n "${{{mine}:-}}" ] || {mine}=$(mktemp -d /tmp/hpc-run.XXXXXX); d=${mine}; '
                  f'S=__hpc_; T=ready_{self.nonce}__; echo "$S$T:$d"')
         self.child.sendline(ready)
         failure = self._wait(self._marker("ready", r"(\S*)"), self.timeouts.session_prompt, "shell", again=ready)

@@ -17,11 +17,14 @@ def test_a_first_line_lost_by_a_starting_shell_is_typed_again_before_the_prompt_
     require_tool("curl", "curl")
     job = NodeJob("i-0123", "target", {"INSTANCE_ID": "i-0123"}, {"HPC_SCRIPT_URL": "http://127.0.0.1:9/none"},
                   tmp_path / "transcript.log", detached=True)
-    result = converse(lambda: spawn(["sh", "-c", LOSES_FIRST_LINE], {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}),
-                      job, Timeouts(session_prompt=20), threading.Event())
+    theirs = tmp_path / "theirs"  # a `d` the node's shell already had is not our folder to remove
+    theirs.mkdir()
+    shell_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "d": str(theirs)}
+    result = converse(lambda: spawn(["sh", "-c", LOSES_FIRST_LINE], shell_env), job, Timeouts(session_prompt=20),
+                      threading.Event())
     # Past the shell step: the launch itself fails, since nothing serves the script's URL.
     assert (result.kind, result.step) == (SESSION_FETCH_FAILED, "launch"), result
     assert result.session_id == "s-0123"
     # The node's private folder, with the presigned URLs in its env file, is not left behind.
     folder = re.search(r"__hpc_ready_\w+__:(/tmp/hpc-run\.\w+)", job.transcript.read_text()).group(1)
-    assert not Path(folder).exists()
+    assert not Path(folder).exists() and theirs.is_dir()
