@@ -21,6 +21,7 @@
 #   HPC_EKS_COLLECTOR_SHA256  the collector's expected sha256, checked again on the node
 #   HPC_UPLOAD_MODE         presigned (curl PUT, no S3 permissions needed) or awscli (aws s3 cp)
 #   HPC_S3_DESTINATION      awscli mode: s3://bucket/prefix/instances/ (the key adds GROUP_ID.tar.gz)
+#   HPC_S3_REGION           awscli mode: the bucket's region (else the node's AWS configuration)
 #   HPC_REDACT_PATTERNS     extra redaction patterns (extended regex), one per line
 # Other settings, with their defaults:
 #   HPC_KEEP_DIR            without an upload destination, the tarball is moved here instead
@@ -40,6 +41,7 @@ set -Eeuo pipefail
 readonly HPC_EXIT_OK=0 HPC_EXIT_ITEMS_FAILED=3 HPC_EXIT_UPLOAD_FAILED=4 HPC_EXIT_ALREADY_RUNNING=5
 readonly HPC_URL_RE='^https?://[^[:space:]"\]+$'
 readonly HPC_RESERVE_BYTES=1048576
+readonly HPC_STATUS_RESERVE_S=10 HPC_UPLOAD_FLOOR_S=15
 
 # An unexpected failure in this shell still packages and delivers what was gathered.
 hpc_on_error() {
@@ -172,6 +174,10 @@ hpc_read_options() {
   fi
   HPC_UPLOAD_MODE=${HPC_UPLOAD_MODE:-presigned}
   HPC_S3_DESTINATION=${HPC_S3_DESTINATION:-}
+  HPC_S3_REGION=${HPC_S3_REGION:-}
+  if [[ -n $HPC_S3_REGION && ! $HPC_S3_REGION =~ ^[a-z]{2}(-[a-z]+)+-[0-9]+$ ]]; then
+    hpc_bad_input "HPC_S3_REGION must be an AWS region name, not $(printf '%q' "$HPC_S3_REGION")"
+  fi
 }
 
 # Where the tarball goes: a presigned PUT, `aws s3 cp`, or (neither) HPC_KEEP_DIR.
@@ -456,10 +462,13 @@ hpc_scrub_urls() {
   sed -E 's#(https?://[^?[:space:]]*)\?[^[:space:]]*#\1?<redacted>#g' | tr '\n' ' '
 }
 
+# The upload ends before the deadline, with time left for the last status report: the
+# orchestrator stops waiting soon after the deadline (collectors/nodescript.py). A node already
+# late still tries for HPC_UPLOAD_FLOOR_S: gathered data is delivered if at all possible.
 hpc_upload_budget() {
-  # Past the deadline the upload still gets a minute: gathered data is always delivered.
   hpc_seconds_left
-  printf '%s\n' "$((HPC_SECONDS_LEFT < 60 ? 60 : HPC_SECONDS_LEFT))"
+  local budget=$((HPC_SECONDS_LEFT - HPC_STATUS_RESERVE_S))
+  printf '%s\n' "$((budget < HPC_UPLOAD_FLOOR_S ? HPC_UPLOAD_FLOOR_S : budget))"
 }
 
 # The URL goes to curl on stdin (a config line), so it is in no process's arguments.
@@ -482,7 +491,8 @@ hpc_upload_awscli() {
   local rc=0 max_s err=$HPC_WORK_DIR/upload.err
   local destination=${HPC_S3_DESTINATION}${INSTANCE_GROUP}_${INSTANCE_ID}.tar.gz
   max_s=$(hpc_upload_budget)
-  timeout --kill-after=10 "$max_s" aws s3 cp --only-show-errors -- "$HPC_TARBALL" "$destination" \
+  timeout --kill-after=10 "$max_s" aws s3 cp --only-show-errors ${HPC_S3_REGION:+--region "$HPC_S3_REGION"} \
+    -- "$HPC_TARBALL" "$destination" \
     </dev/null >/dev/null 2>"$err" {HPC_LOCK_FD}>&- || rc=$?
   if ((rc != 0)); then
     hpc_progress "upload failed (aws s3 cp rc=$rc): $(hpc_scrub_urls <"$err")"
@@ -559,10 +569,16 @@ hpc_main() {
   hpc_lock_run
   hpc_prepare
   hpc_progress "collecting $CLUSTER_TYPE node $INSTANCE_ID ($(hpc_printable "$INSTANCE_GROUP")) into $HPC_REPORT_NAME"
+  # Each stage must be done by its share of the items' time (hpc_begin_stage).
+  hpc_begin_stage "logs and system" 40
   hpc_items_common
+  hpc_begin_stage "$CLUSTER_TYPE" 55
   "hpc_items_$CLUSTER_TYPE"
+  hpc_begin_stage GPU 75
   hpc_items_gpu
+  hpc_begin_stage "operator command" 85
   hpc_run_user_commands
+  hpc_begin_stage slow 100
   hpc_items_slow_common
   "hpc_items_slow_$CLUSTER_TYPE"
   hpc_finish

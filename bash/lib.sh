@@ -11,7 +11,7 @@
 readonly HPC_EXIT_BAD_INPUT=2
 
 # manifest.tsv rc of an item that never started (its file then holds a one-line note).
-readonly HPC_RC_DEADLINE=124     # the node-wide deadline had passed (timed_out=1)
+readonly HPC_RC_DEADLINE=124     # no time left: its stage's or the node's (timed_out=0: it never ran)
 readonly HPC_RC_NO_SPACE=75      # the work root had less than HPC_MIN_FREE_MB free (EX_TEMPFAIL)
 readonly HPC_RC_INTERRUPTED=143  # the script had been sent TERM, INT or HUP
 readonly HPC_RC_BUNDLE_CAP=27    # the report had reached HPC_BUNDLE_CAP_MB (EFBIG)
@@ -21,6 +21,10 @@ readonly HPC_RC_UNREDACTED=70
 # asked (an older nvidia-smi): a version fact, not a fault. The row gets rc 0 and a note
 # starting "unsupported:", the tool's message stays in the item's file, and it counts as skipped.
 readonly HPC_RC_UNSUPPORTED=95
+
+# Seconds kept back from the items for packaging and upload, at the least. The orchestrator
+# gives a node no budget below twice this (collectors/nodescript.py MIN_NODE_BUDGET).
+readonly HPC_FINISH_RESERVE_S=60
 
 # Seconds between an item's TERM and its KILL: a wedged nvidia-smi may ignore TERM, and
 # the node budget is better spent on the next item than on a long grace.
@@ -36,6 +40,11 @@ HPC_INTERRUPTED=""
 HPC_WAIT_INTERRUPTED=0
 # Set by hpc_settle_item: whether the item just settled hit its time limit.
 HPC_LAST_TIMED_OUT=0
+# The item that has run longest so far, and for how long: what cut the collection short, when
+# time runs out.
+HPC_LONGEST_ITEM=""
+HPC_LONGEST_MS=0
+HPC_STAGE=items
 # The item in which nvidia-smi did not return (see hpc_item tool=), for the items after it.
 HPC_HUNG_NVIDIA_SMI=""
 # manifest.tsv and manifest_files.tsv rows, kept in memory and written when packaging: a
@@ -242,12 +251,27 @@ hpc_copy_tree() {
 # ---------------------------------------------------------------- the clock
 
 # Starts the node-wide budget of $1 seconds. Items stop early enough to leave an eighth
-# of it for packaging and upload.
+# of it, and HPC_FINISH_RESERVE_S at least (half of a budget too small for that), for
+# packaging and upload.
 hpc_start_clock() {
-  local budget=$1
+  local budget=$1 reserve=$(($1 / 8)) floor=$HPC_FINISH_RESERVE_S
+  ((floor <= budget / 2)) || floor=$((budget / 2))
+  ((reserve >= floor)) || reserve=$floor
   hpc_clock
   HPC_DEADLINE_MS=$((HPC_NOW_MS + budget * 1000))
-  HPC_ITEMS_DEADLINE_MS=$((HPC_DEADLINE_MS - budget / 8 * 1000))
+  HPC_ITEMS_DEADLINE_MS=$((HPC_DEADLINE_MS - reserve * 1000))
+  HPC_ITEMS_START_MS=$HPC_NOW_MS
+  HPC_STAGE_DEADLINE_MS=$HPC_ITEMS_DEADLINE_MS
+}
+
+# Starts a stage of the collection (collect.sh runs them in turn): its items must be done
+# by END_PERCENT of the items' time, counted from the start. A hung item then costs its own
+# stage's time, never the later stages' turn (the GPU items above all); what a stage leaves
+# unused goes to the next.
+hpc_begin_stage() {
+  local name=$1 end_percent=$2
+  HPC_STAGE=$name
+  HPC_STAGE_DEADLINE_MS=$((HPC_ITEMS_START_MS + (HPC_ITEMS_DEADLINE_MS - HPC_ITEMS_START_MS) * end_percent / 100))
 }
 
 # Sets HPC_SECONDS_LEFT before the node-wide deadline.
@@ -258,12 +282,13 @@ hpc_seconds_left() {
 }
 
 # Sets HPC_LIMIT to the seconds the next item may run: its own limit OWN, capped by what
-# is left before the node-wide deadline (which already keeps back time for packaging and
-# upload).
+# is left of its stage's time and before the node-wide deadline (which already keeps back
+# time for packaging and upload).
 hpc_item_limit() {
-  local own=$1 left_ms
+  local own=$1 left_ms end_ms=$HPC_ITEMS_DEADLINE_MS
+  ((HPC_STAGE_DEADLINE_MS >= end_ms)) || end_ms=$HPC_STAGE_DEADLINE_MS
   hpc_clock
-  left_ms=$((HPC_ITEMS_DEADLINE_MS - HPC_NOW_MS))
+  left_ms=$((end_ms - HPC_NOW_MS))
   if ((left_ms / 1000 < own)); then
     HPC_LIMIT=$((left_ms < 0 ? 0 : left_ms / 1000))
   else
@@ -377,12 +402,21 @@ hpc_on_signal() {
 
 # Sets HPC_WHY to why the next item cannot start, or empty when it can.
 hpc_blocker() {
-  local limit=$1
+  local limit=$1 longest_s
   HPC_WHY=""
   if [[ -n $HPC_INTERRUPTED ]]; then
     HPC_WHY="interrupted by SIG$HPC_INTERRUPTED"
   elif ((limit < 1)); then
-    HPC_WHY="node deadline of ${HPC_DEADLINE_SECONDS}s reached"
+    hpc_clock
+    if ((HPC_NOW_MS < HPC_ITEMS_DEADLINE_MS)); then
+      HPC_WHY="the time for the $HPC_STAGE items was used up"
+    else
+      HPC_WHY="node deadline of ${HPC_DEADLINE_SECONDS}s reached"
+    fi
+    if [[ -n $HPC_LONGEST_ITEM ]]; then
+      hpc_format_ms longest_s "$HPC_LONGEST_MS" 1
+      HPC_WHY="$HPC_WHY; cut short by $HPC_LONGEST_ITEM (${longest_s}s)"
+    fi
   elif ((HPC_BUNDLE_BYTES >= HPC_BUNDLE_CAP_BYTES)); then
     HPC_WHY="bundle cap of $HPC_BUNDLE_CAP_MB MB reached"
   else
@@ -429,7 +463,7 @@ hpc_run_item() {
   if [[ -n $why ]]; then
     case $why in
       interrupted*) hpc_record_not_run "$name" "$output" "$HPC_RC_INTERRUPTED" 0 "$why" ;;
-      node\ deadline*) hpc_record_not_run "$name" "$output" "$HPC_RC_DEADLINE" 1 "$why" ;;
+      node\ deadline* | the\ time\ for*) hpc_record_not_run "$name" "$output" "$HPC_RC_DEADLINE" 0 "$why" ;;
       bundle\ cap*) hpc_record_not_run "$name" "$output" "$HPC_RC_BUNDLE_CAP" 0 "$why" ;;
       *) hpc_record_not_run "$name" "$output" "$HPC_RC_NO_SPACE" 0 "$why" ;;
     esac
@@ -451,6 +485,9 @@ hpc_run_item() {
   hpc_wait_item "$!" || rc=$?
   hpc_clock
   ms=$((HPC_NOW_MS - start_ms))
+  if ((ms > HPC_LONGEST_MS)); then
+    HPC_LONGEST_ITEM=$name HPC_LONGEST_MS=$ms
+  fi
   if [[ -e $HPC_ITEM_TMP ]]; then
     rm -rf -- "$HPC_ITEM_TMP" 2>/dev/null || true
   fi

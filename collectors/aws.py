@@ -41,13 +41,19 @@ class Aws:
     def region(self) -> str:
         return self.session.region_name
 
-    def client(self, service: str, retries: int = 5) -> Any:
-        with self._lock:
-            if (service, retries) not in self._clients:
-                self._clients[service, retries] = self._make_client(service, retries)
-            return self._clients[service, retries]
+    def client(self, service: str, retries: int = 5, region: str | None = None,
+               s3_addressing: str = "auto") -> Any:
+        """One client per (service, retries, region, S3 addressing style), shared by threads.
 
-    def _make_client(self, service: str, retries: int) -> Any:
+        `region` defaults to the session's; S3 clients pass the bucket's own (collectors/bucket.py).
+        """
+        key = (service, retries, region or self.region, s3_addressing)
+        with self._lock:
+            if key not in self._clients:
+                self._clients[key] = self._make_client(*key)
+            return self._clients[key]
+
+    def _make_client(self, service: str, retries: int, region: str, s3_addressing: str) -> Any:
         # Adaptive retries smooth throttling storms when many threads share one client.
         config = botocore.config.Config(
             retries={"mode": "adaptive" if retries > 1 else "standard", "max_attempts": retries},
@@ -55,7 +61,14 @@ class Aws:
             connect_timeout=10,
             read_timeout=60,
         )
-        client = self.session.client(service, config=config)
+        if service == "s3":
+            # SigV4 always: botocore presigns with SigV2 unless told, and S3 refuses SigV2 in every
+            # region opened since 2014 and for every bucket created since June 2020. us-east-1 too
+            # gets its regional endpoint, not the global one that redirects new buckets.
+            config = config.merge(botocore.config.Config(
+                signature_version="s3v4",
+                s3={"addressing_style": s3_addressing, "us_east_1_regional_endpoint": "regional"}))
+        client = self.session.client(service, region_name=region, config=config)
         if self.settings.sandbox:
             client.meta.events.register("before-send", refuse_non_loopback)
             if not is_loopback_url(client.meta.endpoint_url):

@@ -27,9 +27,21 @@ UPLOAD_MODES = ("presigned", "awscli")
 SINCE_RE = re.compile(
     r"^(?:all|\d{1,6}[smhdw]|\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?)$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+REGION_RE = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d+$")
 S3_DESTINATION_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]*[a-z0-9]/(?:.*/)?$")
+# The node's own deadline (HPC_DEADLINE_SECONDS) ends this long before the orchestrator stops waiting
+# for it: the node may overrun its deadline by its last status report and a short upload floor
+# (bash/collect.sh), and its status object must be in S3 before the orchestrator's last look.
+NODE_DEADLINE_MARGIN = 60
+# The least node budget that leaves a minute to collect and a minute to package and upload.
+MIN_NODE_BUDGET = 120
 # What a redaction pattern may not hold: the node's sed delimiter, tabs and newlines.
 _PATTERN_FORBIDDEN = ("\x01", "\t", "\n", "\r", "\0")
+
+
+def node_deadline_seconds(node_script_timeout: int) -> int:
+    """HPC_DEADLINE_SECONDS for a node the orchestrator waits `node_script_timeout` seconds for."""
+    return node_script_timeout - NODE_DEADLINE_MARGIN
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,7 @@ class NodeOptions:
     nvidia_bug_report: bool = True
     upload_mode: str = "presigned"
     s3_destination: str = ""  # awscli mode: s3://bucket/<run prefix>/instances/
+    s3_region: str = ""  # awscli mode: the bucket's region, where `aws s3 cp` must send its requests
     eks_log_collector: bool = False
     eks_log_collector_sha256: str = ""
     redact_patterns: tuple[str, ...] = field(default_factory=tuple)
@@ -69,6 +82,8 @@ def _check_options(options: NodeOptions) -> None:
         raise ValueError(f"upload_mode must be one of {', '.join(UPLOAD_MODES)}, not {options.upload_mode!r}")
     if options.s3_destination and not S3_DESTINATION_RE.match(options.s3_destination):
         raise ValueError(f"s3_destination must look like s3://bucket/prefix/, not {options.s3_destination!r}")
+    if options.s3_region and not REGION_RE.match(options.s3_region):
+        raise ValueError(f"s3_region must be an AWS region name, not {options.s3_region!r}")
     if options.eks_log_collector and not SHA256_RE.match(options.eks_log_collector_sha256):
         raise ValueError("the EKS log collector needs its sha256 (64 lowercase hex digits)")
     for pattern in options.redact_patterns:
@@ -139,6 +154,7 @@ def _options_block(options: NodeOptions) -> str:
         "HPC_NVIDIA_BUG_REPORT": "1" if options.nvidia_bug_report else "0",
         "HPC_UPLOAD_MODE": options.upload_mode,
         "HPC_S3_DESTINATION": options.s3_destination,
+        "HPC_S3_REGION": options.s3_region,
         "HPC_EKS_COLLECTOR": "1" if options.eks_log_collector else "0",
         "HPC_EKS_COLLECTOR_SHA256": options.eks_log_collector_sha256,
         "HPC_REDACT_PATTERNS": "\n".join(options.redact_patterns),

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import botocore.exceptions
 
+from collectors import buckets
 from collectors.aws import Aws, describe_aws_error
 from collectors.context import StageContext
 from collectors.errors import EXIT_OK, Interrupted, StageError, UsageError
@@ -63,15 +64,29 @@ def collect(settings: Settings, options: dict[str, Any]) -> int:
 
 
 def _in_new_run(settings: Settings, aws: Aws, cluster: str, options: dict[str, Any], order: list[str]) -> int:
+    if settings.s3_path:
+        _preflight(aws, settings)
     state = RunState.create(settings.runs_dir, cluster)
     with state.locked():
         ctx = StageContext(settings, state, aws, options)
         try:
             _execute("discover", ctx)
-        except UsageError:
+        except (UsageError, StageError):
             state.discard()  # nothing was collected; do not leave an empty run behind as "latest"
             raise
         return max([EXIT_OK] + [_execute(name, ctx) for name in order[1:]])
+
+
+def _preflight(aws: Aws, settings: Settings) -> None:
+    """The bucket exists and takes our writes, before a run folder exists: a run that could not deliver
+    is never begun."""
+    path = settings.require_s3_path()
+    try:
+        buckets.preflight(aws, path.bucket, path.prefix)
+    except CONFIGURATION_ERRORS as exc:
+        raise UsageError(describe_aws_error(exc)) from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise StageError(f"preflight of bucket {path.bucket}: {exc}") from None
 
 
 def _execute(name: str, ctx: StageContext) -> int:

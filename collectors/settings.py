@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from collectors.errors import UsageError
+from collectors.nodescript import MIN_NODE_BUDGET, NODE_DEADLINE_MARGIN
 
 CONFIG_KEY = "hyperpod"
 
@@ -86,8 +87,13 @@ TIMEOUTS_SCHEMA: dict[str, tuple[int, str]] = {
     "kubectl": (600, "seconds per kubectl command"),
 }
 
+# SigV4 presigned URLs are valid at most 7 days (X-Amz-Expires <= 604800):
+# docs.aws.amazon.com/AmazonS3/latest/API/sigv4-query-string-auth.html
+MAX_PRESIGN_EXPIRY = 7 * 24 * 3600
 S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 DEFAULT_S3_PREFIX = "hyperpod-issue-reports"
+# S3 keys are at most 1024 bytes of UTF-8; a run's keys add its cluster, run id and node file names.
+MAX_S3_PREFIX_BYTES = 600
 
 
 def config_tree() -> dict[str, Any]:
@@ -134,15 +140,26 @@ class S3Path:
 
     @classmethod
     def parse(cls, text: str) -> "S3Path":
-        """`s3://bucket` → prefix `hyperpod-issue-reports` (as the earlier tool); `s3://b/a/b/` → `a/b`."""
+        """`s3://bucket` → prefix `hyperpod-issue-reports` (as the earlier tool); `s3://b/a/b/` → `a/b`.
+
+        The prefix is kept exactly as given (one trailing `/` aside): S3 keys are plain strings, so
+        `a//b` and `a/../b` are other keys than `a/b`, which the nodes' URLs and the downloads would
+        then disagree about; they are refused rather than guessed at.
+        """
         if not text.startswith("s3://"):
             raise UsageError(f"--s3-path must look like s3://bucket[/prefix], got {text!r}")
         bucket, _, prefix = text[len("s3://"):].partition("/")
         if not S3_BUCKET_RE.match(bucket) or ".." in bucket:
             raise UsageError(f"--s3-path has an invalid bucket name {bucket!r}")
-        prefix = "/".join(part for part in prefix.split("/") if part)
-        if any(ch in prefix for ch in "\n\r\t\\"):
+        prefix = prefix[:-1] if prefix.endswith("/") else prefix
+        if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+            raise UsageError(f"--s3-path prefix {prefix!r} has an empty, '.' or '..' segment; "
+                             "write it as S3 should store it, e.g. s3://bucket/a/b")
+        if any(ch in prefix for ch in "\n\r\t\\") or not prefix.isprintable():
             raise UsageError(f"--s3-path prefix {prefix!r} contains control characters or backslashes")
+        if len(prefix.encode()) > MAX_S3_PREFIX_BYTES:
+            raise UsageError(f"--s3-path prefix is {len(prefix.encode())} bytes; S3 keys are at most 1024 bytes, "
+                             f"and the run's keys need room after it (at most {MAX_S3_PREFIX_BYTES})")
         return cls(bucket, prefix or DEFAULT_S3_PREFIX)
 
     def uri(self, key: str = "") -> str:
@@ -210,7 +227,9 @@ class Settings:
         for key, value in given.items():
             if key in SCHEMA:
                 given[key] = _typed(key, value, SCHEMA[key][0])
-        return replace(self, **given)
+        settings = replace(self, **given)
+        _check_time_budgets(settings)
+        return settings
 
     def require_cluster(self) -> str:
         if not self.cluster:
@@ -221,6 +240,26 @@ class Settings:
         if not self.s3_path:
             raise UsageError("no S3 path given: pass --s3-path s3://bucket/prefix (or set hyperpod.s3_path)")
         return S3Path.parse(self.s3_path)
+
+
+def _check_time_budgets(settings: Settings) -> None:
+    """Settings whose times cannot all hold: a node that would be called timed out while it works on,
+    or URLs that S3 would refuse before the node is done with them."""
+    node_script = settings.timeouts.node_script
+    least = MIN_NODE_BUDGET + NODE_DEADLINE_MARGIN
+    if node_script < least:
+        raise UsageError(f"config {CONFIG_KEY}.timeouts.node_script is {node_script}s; it must be at least {least}s "
+                         f"(a node needs {MIN_NODE_BUDGET}s to collect, package and upload, and stops "
+                         f"{NODE_DEADLINE_MARGIN}s before the orchestrator stops waiting)")
+    if settings.presign_expiry > MAX_PRESIGN_EXPIRY:
+        raise UsageError(f"config {CONFIG_KEY}.presign_expiry is {settings.presign_expiry}s; SigV4 presigned URLs "
+                         f"last at most 7 days ({MAX_PRESIGN_EXPIRY}s)")
+    # URLs are signed before the session starts; the node uses them until it is done.
+    needed = node_script + settings.timeouts.session_prompt
+    if settings.presign_expiry < needed:
+        raise UsageError(f"config {CONFIG_KEY}.presign_expiry is {settings.presign_expiry}s, but a node may still "
+                         f"upload {needed}s after its URLs are signed (timeouts.node_script + "
+                         "timeouts.session_prompt); S3 would refuse its tarball")
 
 
 def _given(value: Any, default: Any) -> Any:

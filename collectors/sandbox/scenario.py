@@ -23,7 +23,7 @@ SHELLS = ("sh", "bash")
 ROLES = ("controller", "worker")
 NODE_STATUSES = ("Running", "Pending", "ShuttingDown", "SystemUpdating", "Failure", "DeepHealthCheckInProgress")
 SLURM_STATES = ("idle", "drain", "down")
-S3_ERROR_STATUSES = (500, 503)
+S3_ERROR_STATUSES = (403, 500, 503)
 # Fixture packs (collectors/sandbox/packs.py renders them); the GPU ones need a GPU instance type.
 GPU_PACKS = ("xid79", "ecc", "nvlink")
 PACKS = ("healthy", *GPU_PACKS, "disk_full", "oom")

@@ -485,6 +485,7 @@ class FaultState:
 
 
 S3_ERRORS = {
+    403: ("AccessDenied", "Access Denied"),  # what a missing s3:PutObject permission looks like
     500: ("InternalError", "We encountered an internal error. Please try again."),
     503: ("SlowDown", "Please reduce your request rate."),
 }

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from collectors import console
+from collectors import buckets, console
 from collectors.aws import describe_aws_error
 from collectors.context import StageContext
 from collectors.errors import EXIT_NODES_FAILED, EXIT_OK
@@ -26,7 +26,7 @@ def execute(ctx: StageContext) -> int:
     state = ctx.state
     state.require_stage("upload", "download")
     location = state.data["s3"]
-    s3 = ctx.aws.client("s3")
+    s3 = buckets.run_client(ctx.aws, location)
     objects = list_tarballs(s3, location["bucket"], f"{location['run_prefix']}/instances/")
     target = state.run_dir / RESULTS_DIR
     target.mkdir(exist_ok=True)

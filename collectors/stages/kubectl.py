@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from collectors import console
+from collectors import buckets, console
 from collectors.aws import describe_aws_error
 from collectors.context import StageContext
 from collectors.loopback import is_loopback_url
@@ -412,7 +412,7 @@ def upload(ctx: StageContext, tarball: Path) -> tuple[str | None, str | None]:
         return None, "the run has no S3 prefix yet (run `invoke upload` first); the tarball is kept locally only"
     key = f"{location['run_prefix']}/{TARBALL}"
     try:
-        ctx.aws.client("s3").upload_file(str(tarball), location["bucket"], key,
+        buckets.run_client(ctx.aws, location).upload_file(str(tarball), location["bucket"], key,
                                          ExtraArgs={"ContentType": "application/gzip"})
     except Exception as exc:  # noqa: BLE001 - the local copy stands; say why S3 failed, in one line
         return None, f"not uploaded to s3://{location['bucket']}/{key}: {describe_aws_error(exc)}"

@@ -41,11 +41,12 @@ def execute(ctx: StageContext) -> None:
 def node_options(ctx: StageContext) -> nodescript.NodeOptions:
     """The run's node options from the settings; a value they cannot take is the user's to fix."""
     settings = ctx.settings
+    destination, region = awscli_destination(ctx)
     try:
         return nodescript.NodeOptions(
             since=settings.since, file_cap_mb=settings.file_cap_mb, bundle_cap_mb=settings.bundle_cap_mb,
             nvidia_bug_report=settings.nvidia_bug_report, upload_mode=settings.upload_mode,
-            s3_destination=awscli_destination(ctx), eks_log_collector=wants_eks_log_collector(ctx),
+            s3_destination=destination, s3_region=region, eks_log_collector=wants_eks_log_collector(ctx),
             eks_log_collector_sha256=settings.eks_log_collector_sha256 or "",
             redact_patterns=settings.redact_patterns)
     except ValueError as exc:
@@ -63,11 +64,11 @@ def wants_eks_log_collector(ctx: StageContext) -> bool:
     return ctx.state.cluster["type"] == "eks"
 
 
-def awscli_destination(ctx: StageContext) -> str:
-    """In awscli mode nodes write to s3://bucket/<run prefix>/instances/ themselves, so the run's S3
-    prefix is fixed now (the upload stage keeps it)."""
+def awscli_destination(ctx: StageContext) -> tuple[str, str]:
+    """In awscli mode nodes write to s3://bucket/<run prefix>/instances/ themselves, in the bucket's
+    region, so the run's S3 prefix is fixed now (the upload stage keeps it). ("", "") otherwise."""
     if ctx.settings.upload_mode != "awscli":
-        return ""
+        return "", ""
     location = upload.run_location(ctx)
     ctx.state.data["s3"] = location
-    return f"s3://{location['bucket']}/{location['run_prefix']}/instances/"
+    return f"s3://{location['bucket']}/{location['run_prefix']}/instances/", location["region"]

@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from collectors import console
+from collectors import buckets, console
 from collectors.aws import describe_aws_error, error_code
 from collectors.context import StageContext
 from collectors.errors import Interrupted, UsageError
 from collectors.nodes import match_names
+from collectors.nodescript import node_deadline_seconds
 from collectors.pacing import AdaptiveRate
 from collectors.progress import Progress
 from collectors.runner import FINAL, LAUNCHED, RETRY, THROTTLED, Callbacks, Engine, Launch
@@ -36,8 +37,6 @@ from collectors.transports.ssm import SsmCliTransport, SsmDirectTransport
 
 # Node script exit codes (bash/collect.sh).
 RC_OK, RC_ITEM_ERRORS, RC_UPLOAD_FAILED, RC_ALREADY_RUNNING = 0, 3, 4, 5
-# The node stops collecting this long before our own timeout so that it still packages and uploads.
-NODE_DEADLINE_MARGIN = 60
 # Outcome fields cleared when a node is collected again.
 OUTCOME_FIELDS = ("error_kind", "error", "s3_key", "bytes", "sha256", "items", "failed_items", "kept", "pid",
                   "session_id", "launched", "launched_epoch", "finished", "elapsed", "output")
@@ -107,7 +106,7 @@ class NodeCollector:
         self.nodes = {node["instance_id"]: node for node in nodes}
         self.detached = ctx.settings.session_mode == "detached"
         self.mode = ctx.settings.session_mode
-        self.s3 = ctx.aws.client("s3")
+        self.s3 = buckets.run_client(ctx.aws, self.state.data["s3"])
         self.ssm = ctx.aws.client("ssm")
         self.bucket = self.state.data["s3"]["bucket"]
         self.run_prefix = self.state.data["s3"]["run_prefix"]
@@ -190,7 +189,7 @@ class NodeCollector:
             target=f"sagemaker-cluster:{cluster['id']}_{node['group']}-{node['instance_id']}",
             env={"INSTANCE_GROUP": node["group"], "INSTANCE_ID": node["instance_id"],
                  "CLUSTER_TYPE": cluster["type"], "HPC_RUN_ID": self.state.run_id,
-                 "HPC_DEADLINE_SECONDS": str(max(60, self.settings.timeouts.node_script - NODE_DEADLINE_MARGIN))},
+                 "HPC_DEADLINE_SECONDS": str(node_deadline_seconds(self.settings.timeouts.node_script))},
             secrets=self.presigned_urls(node),
             transcript=self.state.run_dir / "transcripts" / f"{node['instance_id']}.log",
             detached=self.detached)
@@ -206,8 +205,7 @@ class NodeCollector:
         return urls
 
     def presign(self, operation: str, key: str) -> str:
-        return self.s3.generate_presigned_url(operation, Params={"Bucket": self.bucket, "Key": key},
-                                              ExpiresIn=self.settings.presign_expiry)
+        return buckets.presign(self.s3, operation, self.bucket, key, self.settings.presign_expiry)
 
     def tarball_key(self, node: dict[str, Any]) -> str:
         return f"{self.run_prefix}/instances/{node['group']}_{node['instance_id']}.tar.gz"

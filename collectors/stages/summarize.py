@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from collectors import console
+from collectors import buckets, console
 from collectors.aws import describe_aws_error
 from collectors.context import StageContext
 from collectors.errors import EXIT_NODES_FAILED, EXIT_OK
@@ -107,7 +107,7 @@ def upload_summary(ctx: StageContext, summary: dict[str, Any]) -> str | None:
         return None
     key = f"{s3_location['run_prefix']}/{SUMMARY_NAME}"
     try:
-        ctx.aws.client("s3").put_object(Bucket=s3_location["bucket"], Key=key, ContentType="application/json",
+        buckets.run_client(ctx.aws, s3_location).put_object(Bucket=s3_location["bucket"], Key=key, ContentType="application/json",
                                         Body=json.dumps(summary, indent=2).encode())
     except Exception as exc:  # noqa: BLE001 - the local summary is still written; say why S3 failed
         console.log(f"warning: summary not written to S3: {describe_aws_error(exc)}")

@@ -13,7 +13,7 @@ import hashlib
 import urllib.error
 import urllib.request
 
-from collectors import console
+from collectors import buckets, console
 from collectors.aws import describe_aws_error
 from collectors.context import StageContext
 from collectors.errors import StageError, UsageError
@@ -33,7 +33,7 @@ def execute(ctx: StageContext) -> None:
     render = state.require_stage("render", "upload")
     location = run_location(ctx)
     key = f"{location['run_prefix']}/collector_script.sh"
-    s3 = ctx.aws.client("s3")
+    s3 = buckets.run_client(ctx.aws, location)
     put_file(s3, render["script_path"], location["bucket"], key)
     state.data["s3"] = location
     downloads = {}
@@ -101,9 +101,10 @@ def run_location(ctx: StageContext) -> dict[str, str]:
         return recorded
     path = ctx.settings.require_s3_path()
     location = location_for(ctx.state, path)
-    if recorded and recorded != location:
+    if recorded and {k: recorded.get(k) for k in location} != location:
         raise UsageError(f"run {ctx.state.run_id} already uses s3://{recorded['bucket']}/{recorded['run_prefix']}; "
                          "start a new run (invoke collect / invoke discover) to use another S3 path")
+    location["region"] = buckets.region_of(ctx.aws, path.bucket)
     return location
 
 

@@ -488,19 +488,36 @@ esac""")
     assert sleeping("6004") == []
 
 
-def test_node_deadline_caps_items_and_upload_still_happens(s3, tmp_path):
+def test_a_hung_item_costs_its_own_stage_and_the_gpu_items_still_run(s3, tmp_path):
+    # 30 s: 15 s for items (the rest packages and uploads), the logs-and-system stage until 40 % of them.
     node = Node(tmp_path, "eks", ("echo late",))
     node.stand_in("dmesg", "exec sleep 600")
-    run, files = run_uploading(s3, node, "deadline/one.tar.gz",
-                               HPC_ITEM_TIMEOUT="600", HPC_DEADLINE_SECONDS="2")
+    run, files = run_uploading(s3, node, "stage/one.tar.gz", HPC_ITEM_TIMEOUT="600", HPC_DEADLINE_SECONDS="30")
     assert run.rc == 3 and run.status == "ok_with_errors"
     rows = manifest(files)
     assert row(rows, "dmesg_T")["rc"] == "124" and row(rows, "dmesg_T")["timed_out"] == "1"
-    for item in ("disk_usage", "systemd_services", "kubelet_status", "nvidia_smi", "command_01"):
+    assert float(row(rows, "dmesg_T")["seconds"]) < 7  # its stage's share, not the node's whole budget
+    for item in ("disk_usage", "systemd_services"):
         assert {k: row(rows, item)[k] for k in ("rc", "seconds", "timed_out")} == {
-            "rc": "124", "seconds": "0.000", "timed_out": "1"}
-        assert row(rows, item)["note"] == "not run: node deadline of 2s reached"
-    assert files["command_01_echo_late.txt"].startswith(b"[hpc] command_01 not run: node deadline")
+            "rc": "124", "seconds": "0.000", "timed_out": "0"}
+        assert re.fullmatch(r"not run: the time for the logs and system items was used up; "
+                            r"cut short by dmesg_T \(\d+\.\ds\)", row(rows, item)["note"])
+    for item in ("kubelet_status", "nvidia_smi", "nvidia_smi_q", "command_01"):
+        assert (row(rows, item)["rc"], row(rows, item)["timed_out"]) == ("0", "0"), item
+
+
+def test_node_deadline_caps_items_and_upload_still_happens(s3, tmp_path):
+    node = Node(tmp_path, "eks", ("sleep 600", "echo late"))
+    run, files = run_uploading(s3, node, "deadline/one.tar.gz", HPC_ITEM_TIMEOUT="600", HPC_DEADLINE_SECONDS="20")
+    assert run.rc == 3 and run.status == "ok_with_errors"
+    rows = manifest(files)
+    assert (row(rows, "command_01")["rc"], row(rows, "command_01")["timed_out"]) == ("124", "1")
+    assert (row(rows, "command_02")["rc"], row(rows, "command_02")["timed_out"]) == ("124", "0")
+    assert row(rows, "command_02")["note"].startswith("not run: the time for the operator command items was used "
+                                                      "up; cut short by command_01 (")
+    # The slow stage had the time the command left: 10 s of items end at 10 s; the node's deadline then.
+    assert row(rows, "eks_log_collector")["note"].startswith("skipped:")
+    assert files["command_02_echo_late.txt"].startswith(b"[hpc] command_02 not run: the time for the operator")
 
 
 def test_too_little_free_space_anywhere_skips_items_with_a_note(s3, tmp_path):

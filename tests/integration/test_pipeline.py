@@ -39,8 +39,8 @@ def invoke(env: dict, runs: Path, *args: str, stdin: str | None = None, timeout:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def s3_client(env: dict):
-    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
+def s3_client(env: dict, region: str | None = None):
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=region or env["AWS_DEFAULT_REGION"],
                         aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
@@ -127,6 +127,10 @@ def test_node_names_from_stdin_chain_stages(cluster, tmp_path):
     (["discover", "--nodes", "ip-1-2-3-4"], "no node in cluster hp-sandbox matches ip-1-2-3-4"),
     (["summarize", "--run-id", "20200101_000000"], "no state for run 20200101_000000"),
     (["discover", "--max-workers", "0"], "max_workers must be a positive integer"),
+    (["collect", "--s3-path", "s3://hyperpod-sandbox-reports/a//b"], "has an empty, '.' or '..' segment"),
+    (["collect", "--s3-path", "s3://hyperpod-sandbox-reports/a/../b"], "has an empty, '.' or '..' segment"),
+    (["collect", "--s3-path", "s3://hyperpod-sandbox-reports/./b"], "has an empty, '.' or '..' segment"),
+    (["collect", "--s3-path", "s3://no-such-bucket-here/x"], "bucket no-such-bucket-here does not exist"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cluster, tmp_path, args, message):
     sandbox, status, env = cluster
@@ -136,6 +140,36 @@ def test_bad_input_is_one_line_and_exit_2(cluster, tmp_path, args, message):
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and message in error_lines[0], result.stderr
     assert not list(tmp_path.glob("*/2*")), "a failed discovery must not leave a run behind"
+
+
+def test_a_bucket_in_another_region_is_used_in_its_own_region(cluster, tmp_path):
+    sandbox, status, env = cluster
+    s3 = s3_client(env, "eu-central-1")  # S3 takes a bucket's creation only in its own region
+    s3.create_bucket(Bucket="hp-reports-frankfurt", CreateBucketConfiguration={"LocationConstraint": "eu-central-1"})
+    node = status["nodes"][0]
+    result = invoke(env, tmp_path, "collect", "--s3-path", "s3://hp-reports-frankfurt/ops/night shift+1",
+                    "--nodes", node["instance_id"])
+    assert result.returncode == 0, result.stderr
+    state = latest_state(tmp_path, status["cluster"])
+    assert state["s3"]["region"] == "eu-central-1" and state["s3"]["prefix"] == "ops/night shift+1"
+    key = f"{state['s3']['run_prefix']}/instances/{node['group']}_{node['instance_id']}.tar.gz"
+    assert key.startswith("ops/night shift+1/") and state["nodes"][node["instance_id"]]["s3_key"] == key
+    assert s3.head_object(Bucket="hp-reports-frankfurt", Key=key)["ContentLength"] > 0
+
+
+def test_a_bucket_we_may_not_write_to_is_exit_2_before_any_run_starts(cluster, tmp_path):
+    sandbox, status, env = cluster
+    sandbox.set_faults(s3_put_failures=[{"key_contains": ".hyperpod-collect-write-check", "status": 403,
+                                         "times": "always"}])
+    try:
+        result = invoke(env, tmp_path, "collect")
+    finally:
+        sandbox.set_faults(s3_put_failures=None)
+    assert result.returncode == 2 and TRACEBACK not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, result.stderr
+    assert f"bucket {status['bucket']}: access denied" in error_lines[0] and "s3:PutObject" in error_lines[0]
+    assert not list(tmp_path.glob("*/2*")), "a run that cannot start leaves no run folder behind"
 
 
 def test_bad_setting_in_the_environment_is_exit_2(cluster, tmp_path):

@@ -36,6 +36,9 @@ class FakeS3:
     def put_object(self, Bucket, Key, Body, ContentType=None):
         self.objects[f"{Bucket}/{Key}"] = Body
 
+    def head_bucket(self, Bucket):
+        return {"ResponseMetadata": {"HTTPHeaders": {"x-amz-bucket-region": "us-west-2"}}}
+
 
 @pytest.fixture
 def served():
@@ -68,7 +71,7 @@ def context(tmp_path, cluster_type: str = "eks", **config) -> tuple[StageContext
     state.mark_stage("discover", "done")
     settings = Settings.from_config({"s3_path": "s3://bucket/reports", "sandbox": True, **config})
     s3 = FakeS3()
-    return StageContext(settings, state, SimpleNamespace(client=lambda name: s3), {}), s3
+    return StageContext(settings, state, SimpleNamespace(client=lambda name, **_: s3), {}), s3
 
 
 def baked(ctx: StageContext) -> dict:

@@ -52,7 +52,9 @@ def test_environment_is_checked_before_invoke_casts_it():
     ("s3://my-bucket", "my-bucket", "hyperpod-issue-reports"),
     ("s3://my-bucket/", "my-bucket", "hyperpod-issue-reports"),
     ("s3://my-bucket/a/b/", "my-bucket", "a/b"),
-    ("s3://my.bucket//a//b", "my.bucket", "a/b"),
+    # What S3 allows is carried as it is: S3 keys are plain strings.
+    ("s3://my.bucket/night shift/+1=é", "my.bucket", "night shift/+1=é"),
+    ("s3://my-bucket/a..b/.c", "my-bucket", "a..b/.c"),
 ])
 def test_s3_path_parsing(text, bucket, prefix):
     assert S3Path.parse(text) == S3Path(bucket, prefix)
@@ -63,6 +65,40 @@ def test_s3_path_parsing(text, bucket, prefix):
 def test_malformed_s3_paths_are_rejected(text):
     with pytest.raises(UsageError):
         S3Path.parse(text)
+
+
+@pytest.mark.parametrize("text", ["s3://my-bucket/a//b", "s3://my-bucket//a", "s3://my-bucket/a/../b",
+                                  "s3://my-bucket/..", "s3://my-bucket/./a", "s3://my-bucket/a//"])
+def test_prefixes_s3_would_store_other_than_written_are_refused(text):
+    # Before: `..` was stored verbatim (then 404 on the node) and `//` silently collapsed.
+    with pytest.raises(UsageError, match="empty, '.' or '..' segment"):
+        S3Path.parse(text)
+
+
+def test_a_prefix_that_leaves_no_room_for_the_runs_keys_is_refused():
+    with pytest.raises(UsageError, match="S3 keys are at most 1024 bytes"):
+        S3Path.parse("s3://my-bucket/" + "é" * 400)
+
+
+@pytest.mark.parametrize("config, message", [
+    # SigV4 allows 7 days at most; S3 refuses a URL that claims more.
+    ({"presign_expiry": 604801}, "SigV4 presigned URLs last at most 7 days (604800s)"),
+    # The node would still be uploading after its URLs expired: S3 would refuse the tarball.
+    ({"presign_expiry": 900}, "a node may still upload 960s after its URLs are signed"),
+    ({"presign_expiry": 3000, "timeouts": {"node_script": 3000}}, "S3 would refuse its tarball"),
+    # Below this the node's own deadline cannot end before the orchestrator stops waiting.
+    ({"timeouts": {"node_script": 119}}, "timeouts.node_script is 119s; it must be at least 180s"),
+    ({"timeouts": {"node_script": 179}}, "must be at least 180s"),
+])
+def test_time_budgets_that_cannot_all_hold_are_bad_input(config, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Settings.from_config(config)
+
+
+def test_time_budgets_are_checked_on_flags_too():
+    with pytest.raises(UsageError, match="at most 7 days"):
+        Settings.from_config(None).with_flags(presign_expiry=8 * 86400)
+    assert Settings.from_config({"presign_expiry": 604800, "timeouts": {"node_script": 180}}).presign_expiry == 604800
 
 
 def test_missing_cluster_and_s3_path_say_which_flag():
