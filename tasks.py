@@ -18,8 +18,8 @@ from typing import Any, Callable
 from invoke import Collection, Exit, task
 
 from collectors import console, pipeline, settings as config
-from collectors.errors import EXIT_INTERRUPTED, CollectorError, UsageError
-from collectors.nodes import split_names
+from collectors.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CollectorError, NothingToDo, UsageError
+from collectors.nodes import STDIN_MARK, split_names
 from collectors.sandbox import Sandbox, SandboxSpec, default_root
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -77,6 +77,9 @@ def reports_errors(body: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(ctx, *args, **kwargs):
         try:
             code = body(ctx, *args, **kwargs)
+        except NothingToDo as exc:
+            console.log(str(exc))
+            return
         except CollectorError as exc:
             raise Exit(f"error: {exc}", code=exc.exit_code) from None
         except KeyboardInterrupt:
@@ -85,6 +88,11 @@ def reports_errors(body: Callable[..., Any]) -> Callable[..., Any]:
             # The reader of our stdout went away (`… | head`): not an error worth a traceback.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return
+        except OSError as exc:
+            # A path the user gave that is not what it must be (a file where a folder goes, no
+            # permission): the stages turn the ones they know into errors of their own; this is the net.
+            where = f": {exc.filename}" if exc.filename else ""
+            raise Exit(f"error: {exc.strerror or exc}{where}", code=EXIT_BAD_INPUT) from None
         if code:
             raise Exit(code=code)
 
@@ -104,12 +112,25 @@ def _plain(value: Any) -> Any:
 
 def _options(**options: Any) -> dict[str, Any]:
     if options.get("instance_groups") is not None:
-        options["instance_groups"] = split_names(options["instance_groups"])
+        options["instance_groups"] = _selection("--instance-groups", options["instance_groups"], options)
     if options.get("nodes") is not None:
-        options["nodes"] = split_names(options["nodes"], sys.stdin)
+        options["nodes"] = _selection("--nodes", options["nodes"], options)
     if options.get("nodes") and options.get("instance_groups"):
         raise UsageError("--instance-groups and --nodes cannot be used together")
     return {key: value for key, value in options.items() if value is not None}
+
+
+def _selection(flag: str, values: list[str], options: dict[str, Any]) -> list[str]:
+    """The names a filter flag gives. An empty one never means "everything": in a pipeline that would act
+    on the whole fleet when the step before found nothing."""
+    names = split_names(values, sys.stdin)
+    if names or not values:  # Invoke gives an iterable flag that was left out as []
+        return names
+    from_stdin = any(value.strip() == STDIN_MARK for value in values)
+    if from_stdin and options.get("retry_failed"):
+        raise NothingToDo(f"run: nothing to retry ({flag} - read no node names); no node was touched")
+    where = "standard input held no names" if from_stdin else "it names nothing"
+    raise UsageError(f"{flag} selects nothing ({where}); leave the flag out to select every node")
 
 
 def _stage(ctx, name: str, *, cluster=None, s3_path=None, region=None, profile=None, max_workers=None,

@@ -9,6 +9,8 @@
 #   HPC_STATUS_URL          presigned S3 PUT URL for a small JSON status object (optional)
 #   HPC_EKS_COLLECTOR_URL   presigned S3 GET URL of the pinned EKS log collector (optional)
 #   HPC_RUN_ID              the run's id: a second collector of the same run on this node exits 5
+#   HPC_LAUNCH_ID           this launch's id, written into every status object and the report
+#                           (launch.txt), so that no launch's result is taken for another's
 #   HPC_DEADLINE_SECONDS    node-wide budget, packaging and upload included (840)
 # The URLs are credentials: no item, log line, status object or result line ever shows them.
 # Node options, the same for every node of a run: their defaults are baked into the
@@ -42,6 +44,8 @@ readonly HPC_EXIT_OK=0 HPC_EXIT_ITEMS_FAILED=3 HPC_EXIT_UPLOAD_FAILED=4 HPC_EXIT
 readonly HPC_URL_RE='^https?://[^[:space:]"\]+$'
 readonly HPC_RESERVE_BYTES=1048576
 readonly HPC_STATUS_RESERVE_S=10 HPC_UPLOAD_FLOOR_S=15
+# Beside a tarball kept on the node after its upload failed: the node it belongs to.
+readonly HPC_KEPT_MARK=.hpc-kept
 
 # An unexpected failure in this shell still packages and delivers what was gathered.
 hpc_on_error() {
@@ -121,9 +125,12 @@ hpc_read_identity() {
   if ! declare -F "hpc_items_$CLUSTER_TYPE" >/dev/null; then
     hpc_bad_input "this collector script was composed for another cluster type than $CLUSTER_TYPE"
   fi
-  if [[ -n ${HPC_RUN_ID:-} && ! $HPC_RUN_ID =~ ^[A-Za-z0-9._:-]{1,128}$ ]]; then
-    hpc_bad_input "HPC_RUN_ID must use only letters, digits, '.', '_', ':' and '-', not $(printf '%q' "$HPC_RUN_ID")"
-  fi
+  local name
+  for name in HPC_RUN_ID HPC_LAUNCH_ID; do
+    if [[ -n ${!name:-} && ! ${!name} =~ ^[A-Za-z0-9._:-]{1,128}$ ]]; then
+      hpc_bad_input "$name must use only letters, digits, '.', '_', ':' and '-', not $(printf '%q' "${!name}")"
+    fi
+  done
 }
 
 # HPC_SINCE -> HPC_SINCE_EPOCH (0 for all) and HPC_SINCE_JOURNAL (journalctl --since, in
@@ -304,6 +311,9 @@ hpc_lock_run() {
   exec {HPC_LOCK_FD}<>"$file"
   if ! flock -n "$HPC_LOCK_FD"; then
     IFS= read -r pid <"$file" || true
+    [[ $pid =~ ^[0-9]+$ ]] || pid=""
+    # Detached, this is how the orchestrator learns that the result to wait for is the holder's.
+    hpc_report_status already_running "\"holder_pid\":${pid:-null}"
     printf 'HPC_RESULT status=already_running rc=%s items=0 failed_items=0 skipped_items=0 bytes=0 sha256=- tarball=- pid=%s\n' \
       "$HPC_EXIT_ALREADY_RUNNING" "${pid:--}"
     exit "$HPC_EXIT_ALREADY_RUNNING"
@@ -320,6 +330,14 @@ hpc_json_string() {
   text=${text//$'\t'/\\t}
   text=${text//[[:cntrl:]]/?}
   printf '"%s"' "$text"
+}
+
+# PUTs the status object: {"state": STATE, EXTRA (JSON members, already encoded), and what names
+# this launch: run, launch, node, pid}. The orchestrator takes only its own launch's result.
+hpc_report_status() {
+  local extra=${2:+$2,} launch=null
+  [[ -z ${HPC_LAUNCH_ID:-} ]] || launch=$(hpc_json_string "$HPC_LAUNCH_ID")
+  hpc_put_status "{\"state\":\"$1\",$extra\"run_id\":$(hpc_json_string "${HPC_RUN_ID:-}"),\"launch_id\":$launch,\"instance_id\":$(hpc_json_string "${INSTANCE_ID:-}"),\"pid\":$$}"
 }
 
 # PUTs a small JSON object to HPC_STATUS_URL, for an orchestrator that does not wait in
@@ -344,7 +362,7 @@ hpc_utc_now() {
 # Bad input: the orchestrator, when it does not wait in the session, learns it at once.
 hpc_on_bad_input() {
   if [[ -n ${HPC_URL_STATUS:-} && $HPC_URL_STATUS =~ $HPC_URL_RE ]]; then
-    hpc_put_status "{\"state\":\"done\",\"status\":\"bad_input\",\"rc\":$HPC_EXIT_BAD_INPUT,\"error\":$(hpc_json_string "$1"),\"finished\":\"$(hpc_utc_now)\",\"pid\":$$}" >/dev/null
+    hpc_report_status "done" "\"status\":\"bad_input\",\"rc\":$HPC_EXIT_BAD_INPUT,\"error\":$(hpc_json_string "$1"),\"finished\":\"$(hpc_utc_now)\"" >/dev/null
   fi
 }
 
@@ -352,11 +370,26 @@ hpc_cleanup() {
   local dir
   for dir in ${HPC_EXTRA_DIRS[@]+"${HPC_EXTRA_DIRS[@]}"} ${HPC_WORK_DIR:+"$HPC_WORK_DIR"}; do
     if [[ -n ${HPC_KEPT:-} && $HPC_KEPT == "$dir"/* ]]; then
-      # The tarball was not delivered: it stays, alone, in its private folder.
+      # The tarball was not delivered: it stays in its private folder, marked as kept for the
+      # next collection of this node that delivers (hpc_remove_kept_tarballs) to remove.
       find "$dir" -mindepth 1 -maxdepth 1 ! -path "$HPC_KEPT" -exec rm -rf -- {} + 2>/dev/null || true
+      printf '%s\n' "$INSTANCE_ID" >"$dir/$HPC_KEPT_MARK" 2>/dev/null || true
     else
       rm -rf -- "$dir"
     fi
+  done
+}
+
+# After a delivery: the tarballs earlier collections of this node kept (their upload failed)
+# are of no more use, and nodes must not fill up run after run. Only folders marked kept for
+# this very node are removed, never a collector's folder in use.
+hpc_remove_kept_tarballs() {
+  local root mark
+  for root in "${HPC_WORK_ROOTS[@]}"; do
+    for mark in "$root"/hpc-collect.*/"$HPC_KEPT_MARK"; do
+      [[ -f $mark && ! -L $mark && -O $mark && $(<"$mark") == "$INSTANCE_ID" ]] || continue
+      rm -rf -- "${mark%/*}" && hpc_progress "removed an earlier kept tarball: $(hpc_printable "${mark%/*}")"
+    done
   done
 }
 
@@ -397,7 +430,7 @@ hpc_prepare() {
   if [[ $HPC_WORK_ROOT != "${HPC_WORK_ROOTS[0]}" ]]; then
     hpc_progress "$(hpc_printable "${HPC_WORK_ROOTS[0]}") has less than $HPC_MIN_FREE_MB MB free: working in $(hpc_printable "$HPC_WORK_ROOT")"
   fi
-  hpc_put_status "{\"state\":\"running\",\"started\":\"$HPC_STARTED\",\"pid\":$$,\"run_id\":$(hpc_json_string "${HPC_RUN_ID:-}"),\"instance_id\":\"$INSTANCE_ID\"}"
+  hpc_report_status running "\"started\":\"$HPC_STARTED\""
 }
 
 # The operator's extra commands (HPC_USER_COMMANDS, from the generated block), each its
@@ -540,6 +573,8 @@ hpc_finish() {
     if ! hpc_deliver; then
       status=upload_failed
       code=$HPC_EXIT_UPLOAD_FAILED
+    elif [[ $HPC_DELIVERY != keep ]]; then
+      hpc_remove_kept_tarballs
     fi
     if [[ $status == upload_failed || $HPC_DELIVERY == keep ]]; then
       kept=$HPC_TARBALL
@@ -554,8 +589,8 @@ hpc_finish() {
     code=$HPC_EXIT_ITEMS_FAILED
   fi
   [[ $HPC_DELIVERY == keep ]] || HPC_KEPT=$kept
-  hpc_put_status "{\"state\":\"done\",\"status\":\"$status\",\"rc\":$code,\"items\":$HPC_ITEMS,\"failed_items\":$HPC_FAILED_ITEMS,\"skipped_items\":$HPC_SKIPPED_ITEMS,\"bytes\":$bytes,\"sha256\":\"$sha\",\"tarball\":\"${HPC_TARBALL_NAME:-}\",\"kept\":$(
-    if [[ -n $kept ]]; then hpc_json_string "$kept"; else printf null; fi),\"started\":\"$HPC_STARTED\",\"finished\":\"$(hpc_utc_now)\",\"pid\":$$,\"run_id\":$(hpc_json_string "${HPC_RUN_ID:-}")}"
+  hpc_report_status "done" "\"status\":\"$status\",\"rc\":$code,\"items\":$HPC_ITEMS,\"failed_items\":$HPC_FAILED_ITEMS,\"skipped_items\":$HPC_SKIPPED_ITEMS,\"bytes\":$bytes,\"sha256\":\"$sha\",\"tarball\":\"${HPC_TARBALL_NAME:-}\",\"kept\":$(
+    if [[ -n $kept ]]; then hpc_json_string "$kept"; else printf null; fi),\"started\":\"$HPC_STARTED\",\"finished\":\"$(hpc_utc_now)\""
   printf 'HPC_RESULT status=%s rc=%s items=%s failed_items=%s skipped_items=%s bytes=%s sha256=%s tarball=%s%s\n' \
     "$status" "$code" "$HPC_ITEMS" "$HPC_FAILED_ITEMS" "$HPC_SKIPPED_ITEMS" "$bytes" "$sha" "${HPC_TARBALL_NAME:-}" \
     "${kept:+ kept=$(hpc_result_path "$kept")}"

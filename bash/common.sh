@@ -17,6 +17,7 @@ declare -rx HPC_EFA_SAMPLE_GAP=2
 hpc_items_common() {
   hpc_item instance_group instance_group.txt
   hpc_item instance_id instance_id.txt
+  hpc_item launch launch.txt
   hpc_item cluster_type cluster_type.txt
   hpc_item hostname hostname.txt
   hpc_item timestamp timestamp.txt
@@ -68,6 +69,11 @@ item_instance_group() {
 
 item_instance_id() {
   printf '%s\n' "$INSTANCE_ID"
+}
+
+# Which run and which launch of it made this report: tells a late upload from a relaunch's.
+item_launch() {
+  printf 'run_id=%s\nlaunch_id=%s\n' "${HPC_RUN_ID:-}" "${HPC_LAUNCH_ID:-}"
 }
 
 item_cluster_type() {

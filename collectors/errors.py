@@ -33,5 +33,11 @@ class Interrupted(CollectorError):
     exit_code = EXIT_INTERRUPTED
 
 
+class NothingToDo(CollectorError):
+    """Not a failure: the input asked for nothing (an empty list from a pipeline); the message says so."""
+
+    exit_code = EXIT_OK
+
+
 class SandboxError(UsageError):
     """The local emulated HyperPod cannot be started or used here."""

@@ -58,6 +58,7 @@ def collect(settings: Settings, options: dict[str, Any]) -> int:
     settings.require_s3_path()  # a malformed path fails before anything is created
     aws = Aws(settings)
     order = ["discover", "render", "upload", "kubectl", "run", "summarize"]
+    options = dict(options, summarize_follows=True)
     if options.get("download", True):
         order += ["download", "report"]
     return _in_new_run(settings, aws, cluster, options, order)

@@ -1,6 +1,7 @@
 """The engine: paced, bounded fan-out over nodes, with deadlines, retries and Ctrl-C handling.
 
-It knows nothing of SSM, SSH or S3. It calls `launch(key)` in worker threads (at most
+It knows nothing of SSM, SSH or S3. It calls `prepare(key)` in the main thread just before each
+launch (so what a launch is can be recorded before it starts), `launch(key)` in worker threads (at most
 `max_sessions` at once, started no faster than the adaptive rate allows), and `poll(keys)` in a
 thread of its own for nodes whose work goes on without a session, so that a slow poll never
 delays a launch. Every outcome reaches the caller through callbacks in the main thread, which is
@@ -47,6 +48,7 @@ class Task:
 
 @dataclass
 class Callbacks:
+    prepare: Callable[[str, int], None]                  # (key, attempt), main thread, just before launch
     launch: Callable[[str, int], Launch]                 # (key, attempt) -> Launch, in a worker thread
     poll: Callable[[list[str]], dict[str, dict]]          # waiting keys -> {key: final outcome}
     on_launched: Callable[[str, dict], None]
@@ -127,6 +129,11 @@ class Engine:
                     self.queue.appendleft(task)
                 return
             task.attempts += 1
+            try:
+                self.cb.prepare(task.key, task.attempts)
+            except Exception:  # noqa: BLE001 - as in a launch: this node fails, the others go on
+                self.cb.on_final(task.key, self.cb.crashed(task.key, traceback.format_exc(limit=5)))
+                continue
             self.inflight[pool.submit(self._guarded_launch, task)] = task
 
     def _next_ready(self, now: float) -> Task | None:

@@ -33,6 +33,8 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "session_rate": (3.0, "StartSession calls per second at most (AWS allows about 3 per account; halved on throttling)"),
     "session_attempts": (3, "sessions tried per node when a launch fails or drops (throttling aside)"),
     "poll_interval": (5, "seconds between S3 checks for finished nodes (detached mode)"),
+    "session_keepalive": (30, "seconds between keep-alive keystrokes in attached SSM sessions (Session Manager "
+                              "ends a session without input for its idle timeout, 1 to 60 minutes)"),
     "discovery": ("auto", "where the nodes come from: api (SageMaker), head-node (sinfo and resource_config.json on "
                           "the --gateway head node, over SSH), auto (the API; the head node when the API cannot "
                           "be reached and a --gateway host is set for --transport ssh)"),
@@ -182,6 +184,7 @@ class Settings:
     session_rate: float = 3.0
     session_attempts: int = 3
     poll_interval: int = 5
+    session_keepalive: int = 30
     discovery: str = "auto"
     since: str = "3d"
     file_cap_mb: int = 50

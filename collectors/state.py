@@ -64,8 +64,12 @@ class RunState:
     def create(cls, runs_dir: Path, cluster: str, run_id: str | None = None) -> "RunState":
         """Make a new run folder with a unique id and point `latest` at it."""
         base = runs_dir / cluster_dir_name(cluster)
-        base.mkdir(parents=True, exist_ok=True)
-        run_dir = _make_unique_run_dir(base, run_id or new_run_id())
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            run_dir = _make_unique_run_dir(base, run_id or new_run_id())
+        except OSError as exc:
+            raise UsageError(f"cannot make a run folder under {base} (hyperpod.runs_dir is {runs_dir}): "
+                             f"{exc.strerror or exc}") from None
         state = cls(run_dir, {
             "schema_version": SCHEMA_VERSION,
             "run_id": run_dir.name,

@@ -61,11 +61,16 @@ def missing_tarballs(nodes: Any, objects: list[dict[str, Any]]) -> list[str]:
 
 
 def fetch(s3: Any, bucket: str, obj: dict[str, Any], target: Path, expected: dict[str, Any]) -> str | None:
-    """Download one object; return a problem description, or None when it is in place and verified."""
+    """Download one object; return a problem description, or None when it is in place and verified.
+
+    Verified against what the node reported (its size and sha256 in the state), not against S3's
+    listing: an object that another launch overwrote, or that S3 holds cut short, is not the node's.
+    """
     name = Path(obj["Key"]).name
     destination = target / name
-    want_sha = (expected.get(name) or {}).get("sha256")
-    if destination.is_file() and destination.stat().st_size == obj["Size"] and \
+    node = expected.get(name) or {}
+    want_bytes, want_sha = node.get("bytes", obj["Size"]), node.get("sha256")
+    if destination.is_file() and destination.stat().st_size == want_bytes and \
             (want_sha is None or sha256_of(destination) == want_sha):
         return None  # already here from an earlier download of this run
     partial = target / f".{name}.part"
@@ -74,10 +79,11 @@ def fetch(s3: Any, bucket: str, obj: dict[str, Any], target: Path, expected: dic
     except Exception as exc:  # noqa: BLE001 - one bad object must not stop the others
         partial.unlink(missing_ok=True)
         return f"{name}: download failed: {describe_aws_error(exc)}"
-    if size != obj["Size"] or (want_sha and digest != want_sha):
+    if size != want_bytes or (want_sha and digest != want_sha):
         partial.unlink(missing_ok=True)
-        return f"{name}: got {size} bytes sha256 {digest[:12]}…, expected {obj['Size']} bytes" + \
-            (f" sha256 {want_sha[:12]}…" if want_sha else "")
+        reported = "the node reported" if node else "S3 lists"
+        return (f"{name}: got {size} bytes sha256 {digest[:12]}…, {reported} {want_bytes} bytes"
+                + (f" sha256 {want_sha[:12]}…" if want_sha else ""))
     os.replace(partial, destination)
     return None
 

@@ -12,23 +12,26 @@ is still running from an earlier invocation is waited for, not started again.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import secrets as random_tokens
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from collectors import buckets, console
 from collectors.aws import describe_aws_error, error_code
 from collectors.context import StageContext
-from collectors.errors import Interrupted, UsageError
+from collectors.errors import EXIT_NODES_FAILED, EXIT_OK, Interrupted, UsageError
 from collectors.nodes import match_names
 from collectors.nodescript import node_deadline_seconds
 from collectors.pacing import AdaptiveRate
 from collectors.progress import Progress
 from collectors.runner import FINAL, LAUNCHED, RETRY, THROTTLED, Callbacks, Engine, Launch
 from collectors.state import (
-    FAILED, FAILURE_STATUSES, INTERRUPTED, OK, OK_WITH_ERRORS, RESULTS_DIR, RUNNING, SKIPPED, TIMEOUT,
-    UNFINISHED_STATUSES, UNREACHABLE, utc_now)
+    FAILED, FAILURE_STATUSES, INTERRUPTED, OK, OK_WITH_ERRORS, RESULTS_DIR, RUNNING, SKIPPED, SUCCESS_STATUSES,
+    TIMEOUT, UNFINISHED_STATUSES, UNREACHABLE, utc_now)
 from collectors.transports.base import (
     SESSION_EXITED_EARLY, SESSION_FETCH_FAILED, SESSION_INTERRUPTED, SESSION_LAUNCHED, SESSION_OK,
     SESSION_THROTTLED, SESSION_TIMEOUT, SESSION_UNREACHABLE, NodeJob, SessionResult)
@@ -37,9 +40,13 @@ from collectors.transports.ssm import SsmCliTransport, SsmDirectTransport
 
 # Node script exit codes (bash/collect.sh).
 RC_OK, RC_ITEM_ERRORS, RC_UPLOAD_FAILED, RC_ALREADY_RUNNING = 0, 3, 4, 5
-# Outcome fields cleared when a node is collected again.
+# Outcome fields cleared when a node is collected again. Its launches (`launches`, the ids this run
+# gave it, and `launch_id`, the latest) are kept: a late result of an earlier launch is still known.
 OUTCOME_FIELDS = ("error_kind", "error", "s3_key", "bytes", "sha256", "items", "failed_items", "kept", "pid",
-                  "session_id", "launched", "launched_epoch", "finished", "elapsed", "output")
+                  "session_id", "launched", "launched_epoch", "finished", "elapsed", "output",
+                  "awaits_earlier_launch")
+# What a status object found in S3 means for the launch a node is waiting on.
+ACCEPT, DEFER, IGNORE = "accept", "defer", "ignore"
 
 
 def execute(ctx: StageContext) -> int:
@@ -55,7 +62,7 @@ def execute(ctx: StageContext) -> int:
     if not runnable:
         console.log("run: nothing to do (every selected node already ended; use --retry-failed to retry failures)")
         state.mark_stage("run", "done")
-        return 0
+        return EXIT_OK
     collector = NodeCollector(ctx, runnable)
     via = "ssh" if ctx.settings.transport == "ssh" else ctx.settings.session_client
     state.mark_stage("run", "running", started=utc_now(), planned=len(runnable), mode=collector.mode, client=via)
@@ -71,7 +78,20 @@ def execute(ctx: StageContext) -> int:
         collector.progress.close()
         state.save()
     state.mark_stage("run", "done", throttles=collector.rate.throttles)
-    return 0
+    return end_result(state, runnable, retry_hint=not ctx.options.get("summarize_follows"))
+
+
+def end_result(state, nodes: list[dict[str, Any]], retry_hint: bool) -> int:
+    """One line of what this invocation achieved (shown with --quiet too), and its exit code:
+    1 when a node it tried was not collected, as for every stage that collects."""
+    counts = Counter(node["status"] for node in nodes)
+    failed = len(nodes) - sum(counts[status] for status in SUCCESS_STATUSES)
+    parts = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+    console.log(f"run: {len(nodes) - failed} of {len(nodes)} node(s) collected ({parts})")
+    if failed and retry_hint:  # else the summary, next, gives it
+        console.log(f"run: {failed} node(s) not collected; retry them with: invoke run --cluster "
+                    f"{state.cluster['name']} --run-id {state.run_id} --retry-failed")
+    return EXIT_NODES_FAILED if failed else EXIT_OK
 
 
 def nodes_to_run(ctx: StageContext) -> list[dict[str, Any]]:
@@ -116,6 +136,8 @@ class NodeCollector:
         self.progress = Progress(len(nodes), quiet=bool(ctx.options.get("quiet")),
                                  as_json=bool(ctx.options.get("json")))
         self.seen_status: dict[str, str] = {}
+        # Nodes whose current launch found an earlier one still running (the poll thread's own).
+        self.deferring: set[str] = set()
         self.last_save = 0.0
 
     def make_transport(self):
@@ -126,24 +148,25 @@ class NodeCollector:
                                  results_dir=self.state.run_dir / RESULTS_DIR, store=self.store_pulled_tarball)
         if self.settings.session_client == "cli":
             return SsmCliTransport(self.ctx.aws.region, self.settings.profile, self.settings.timeouts,
-                                   self.ctx.aws.cli_env(), self.terminate_session)
+                                   self.ctx.aws.cli_env(), self.terminate_session, self.settings.session_keepalive)
         # Throttling must reach our pacing at once, not after botocore's own retries.
         ssm = self.ctx.aws.client("ssm", retries=1)
         return SsmDirectTransport(ssm, self.ctx.aws.region, self.settings.profile, self.settings.timeouts,
-                                  self.ctx.aws.cli_env(), self.terminate_session)
+                                  self.ctx.aws.cli_env(), self.terminate_session, self.settings.session_keepalive)
 
     def run(self) -> None:
         to_launch, waiting = [], {}
+        earlier = self.earlier_launch_reports()
         for iid, node in self.nodes.items():
             if self.detached and node.get("status") == RUNNING and node.get("launched_epoch"):
                 waiting[iid] = self.deadline_from_epoch(node["launched_epoch"])
                 self.progress.launched()
-            else:
+            elif not self.take_earlier_launch(node, earlier.get(iid), waiting):
                 self.reset(node)
                 to_launch.append(iid)
         engine = Engine(
-            Callbacks(launch=self.launch, poll=self.poll, on_launched=self.on_launched, on_final=self.on_final,
-                      give_up=self.give_up, crashed=self.crashed),
+            Callbacks(prepare=self.prepare, launch=self.launch, poll=self.poll, on_launched=self.on_launched,
+                      on_final=self.on_final, give_up=self.give_up, crashed=self.crashed),
             rate=self.rate, max_sessions=self.settings.max_workers, max_attempts=self.settings.session_attempts,
             run_deadline=time.monotonic() + self.settings.timeouts.run, poll_interval=self.settings.poll_interval,
             cancel=self.ctx.cancel)
@@ -158,16 +181,66 @@ class NodeCollector:
             node.pop(key, None)
         node.update(status="pending", attempts=0, started=None)
 
+    def earlier_launch_reports(self) -> dict[str, dict[str, Any]]:
+        """Status objects of earlier launches of this run, for the nodes about to be launched again
+        (retried, or resumed after a crash): what they say decides whether to launch at all."""
+        relaunched = [iid for iid, node in self.nodes.items() if node.get("launches")
+                      and not (self.detached and node.get("status") == RUNNING and node.get("launched_epoch"))]
+        if not relaunched:
+            return {}
+        wanted = {self.status_key(self.nodes[iid]): iid for iid in relaunched}
+        reports = {}
+        for obj in self.list_objects(f"{self.run_prefix}/status/"):
+            iid = wanted.get(obj["Key"])
+            if iid is not None:
+                self.seen_status[obj["Key"]] = obj["ETag"]
+                reports[iid] = self.read_status(obj["Key"])
+        return reports
+
+    def take_earlier_launch(self, node: dict[str, Any], report: dict[str, Any] | None,
+                            waiting: dict[str, float]) -> bool:
+        """An earlier launch's result is read as what it is: a good tarball collects the node, a script
+        still at work is waited for. False when the node is to be launched again."""
+        if not report or report.get("launch_id") not in node.get("launches", ()):
+            return False
+        if report.get("state") == "done":
+            outcome = self.judge_report(node, report, self.uploaded_size(node))
+            if outcome["status"] not in SUCCESS_STATUSES:
+                return False
+            self.reset(node)
+            self.on_final(node["instance_id"], dict(outcome, launch_id=report["launch_id"]))
+            console.log(f"run: {node['instance_id']} was collected by its earlier launch {report['launch_id']}")
+            return True
+        started = parse_utc(report.get("started")) if report.get("state") == "running" else None
+        if started is None or started + self.settings.timeouts.node_script <= time.time():
+            return False
+        self.reset(node)
+        node.update(status=RUNNING, launch_id=report["launch_id"], launched_epoch=started)
+        waiting[node["instance_id"]] = self.deadline_from_epoch(started)
+        self.progress.launched()
+        return True
+
+    def prepare(self, iid: str, attempt: int) -> None:
+        """Main thread, before the session opens: the launch's id is in the state file before anything is
+        typed on the node, so a run resumed after a crash knows this node may run a script of ours."""
+        node = self.nodes[iid]
+        node["launch_id"] = f"{attempt}.{random_tokens.token_hex(4)}"
+        node.setdefault("launches", []).append(node["launch_id"])
+        self.state.save()
+        self.last_save = time.monotonic()
+
     # -- worker threads ----------------------------------------------------------------------
     def launch(self, iid: str, attempt: int) -> Launch:
         node = self.nodes[iid]
         started = time.monotonic()
         result = self.transport.run(self.job(node), self.ctx.cancel)
         outcome = {"attempts": attempt, "session_id": result.session_id}
-        if result.kind == SESSION_LAUNCHED or (result.kind == SESSION_OK and result.rc == RC_ALREADY_RUNNING):
-            # Already running: a launch of this run from before (detached, then resumed attached) still
-            # collects on the node; its status object says when it ends, as for a detached launch.
+        if result.kind in (SESSION_LAUNCHED, SESSION_OK) and (result.kind == SESSION_LAUNCHED or
+                                                              result.rc == RC_ALREADY_RUNNING):
+            # Already running (rc 5): an earlier launch of this run still collects on the node, and its
+            # result is the one to wait for; its status object says when it ends, as for a detached launch.
             return Launch(LAUNCHED, dict(outcome, pid=result.pid, launched=utc_now(), launched_epoch=time.time(),
+                                         awaits_earlier_launch=result.rc == RC_ALREADY_RUNNING,
                                          deadline=time.monotonic() + self.settings.timeouts.node_script))
         if result.kind == SESSION_OK:
             return Launch(FINAL, dict(outcome, **self.attached_outcome(node, result),
@@ -188,7 +261,7 @@ class NodeCollector:
             instance_id=node["instance_id"],
             target=f"sagemaker-cluster:{cluster['id']}_{node['group']}-{node['instance_id']}",
             env={"INSTANCE_GROUP": node["group"], "INSTANCE_ID": node["instance_id"],
-                 "CLUSTER_TYPE": cluster["type"], "HPC_RUN_ID": self.state.run_id,
+                 "CLUSTER_TYPE": cluster["type"], "HPC_RUN_ID": self.state.run_id, "HPC_LAUNCH_ID": node["launch_id"],
                  "HPC_DEADLINE_SECONDS": str(node_deadline_seconds(self.settings.timeouts.node_script))},
             secrets=self.presigned_urls(node),
             transcript=self.state.run_dir / "transcripts" / f"{node['instance_id']}.log",
@@ -242,7 +315,10 @@ class NodeCollector:
 
     # -- main thread -------------------------------------------------------------------------
     def poll(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        """Finished nodes among `keys`: one List of status/ (and of instances/ when some finished)."""
+        """Finished nodes among `keys`: one List of status/ (and of instances/ when some finished).
+
+        Every status object names the launch that wrote it: only the result of the launch a node waits
+        on counts, or that of an earlier one when the node said that one was still running."""
         wanted = {self.status_key(self.nodes[iid]): iid for iid in keys}
         reports = {}
         for obj in self.list_objects(f"{self.run_prefix}/status/"):
@@ -251,7 +327,11 @@ class NodeCollector:
                 continue
             self.seen_status[obj["Key"]] = obj["ETag"]
             report = self.read_status(obj["Key"])
-            if report.get("state") == "done":
+            node = self.nodes[iid]
+            reading = reading_of(report, node, deferring=node.get("awaits_earlier_launch") or iid in self.deferring)
+            if reading == DEFER:
+                self.deferring.add(iid)
+            elif reading == ACCEPT:
                 reports[iid] = report
         if not reports:
             return {}
@@ -335,6 +415,26 @@ class NodeCollector:
         if now - self.last_save >= 1.0:
             self.state.save()
             self.last_save = now
+
+
+def reading_of(report: dict[str, Any], node: dict[str, Any], deferring: bool) -> str:
+    """ACCEPT a status object as the node's result, DEFER to an earlier launch, or IGNORE it."""
+    launch, state = report.get("launch_id"), report.get("state")
+    if launch is None:  # a node script from before launch ids: its result is the only one there is
+        return ACCEPT if state == "done" else IGNORE
+    if launch == node.get("launch_id"):
+        return ACCEPT if state == "done" else DEFER if state == "already_running" else IGNORE
+    if deferring and state == "done" and launch in node.get("launches", ()):
+        return ACCEPT
+    return IGNORE
+
+
+def parse_utc(text: Any) -> float | None:
+    """Epoch seconds of an ISO 8601 UTC time a node wrote (2026-12-02T10:00:00Z), or None."""
+    try:
+        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def session_failure(result: SessionResult) -> dict[str, Any]:

@@ -44,6 +44,9 @@ OUTPUT_TAIL_LINES = 200
 EXIT_WAIT = 10
 POLL = 0.5
 RETYPE_AFTER = 5.0
+# Seconds between keep-alive keystrokes in attached sessions: under the shortest idle timeout
+# Session Manager allows (1 minute).
+DEFAULT_KEEPALIVE = 30.0
 # Sessions that ended with our `exit`; any other ending leaves a session SSM must be told to end.
 CLEAN_END = (SESSION_OK, SESSION_LAUNCHED, SESSION_EXITED_EARLY, SESSION_FETCH_FAILED)
 # Node script exit codes that mean it ran (its status object tells the rest): ok, item errors,
@@ -74,10 +77,11 @@ class SsmCliTransport:
     """Sessions through the AWS CLI, exactly as an engineer would open them by hand."""
 
     def __init__(self, region: str, profile: str | None, timeouts: Timeouts, env: dict[str, str],
-                 terminate: Callable[[str], None]):
+                 terminate: Callable[[str], None], keepalive: float = DEFAULT_KEEPALIVE):
         self.region = region
         self.profile = profile
         self.timeouts = timeouts
+        self.keepalive = keepalive
         # The CLI must not retry throttling itself: our pacing has to see every ThrottlingException.
         self.env = dict(env, AWS_RETRY_MODE="standard", AWS_MAX_ATTEMPTS="1")
         # Ends a session on the SSM side; killing our local client alone would leave it open.
@@ -91,7 +95,7 @@ class SsmCliTransport:
 
     def run(self, job: NodeJob, cancel: Any) -> SessionResult:
         argv = self.argv(job.target)
-        result = converse(lambda: spawn(argv, self.env), job, self.timeouts, cancel)
+        result = converse(lambda: spawn(argv, self.env), job, self.timeouts, cancel, self.keepalive)
         if result.session_id and result.kind not in CLEAN_END:
             self.terminate(result.session_id)
         return result
@@ -101,11 +105,12 @@ class SsmDirectTransport:
     """boto3 StartSession, then the session-manager-plugin spawned the way the AWS CLI spawns it."""
 
     def __init__(self, ssm: Any, region: str, profile: str | None, timeouts: Timeouts, env: dict[str, str],
-                 terminate: Callable[[str], None]):
+                 terminate: Callable[[str], None], keepalive: float = DEFAULT_KEEPALIVE):
         self.ssm = ssm
         self.region = region
         self.profile = profile
         self.timeouts = timeouts
+        self.keepalive = keepalive
         self.env = env
         self.terminate = terminate
         self.env_handoff = plugin_takes_env_handoff()
@@ -124,7 +129,8 @@ class SsmDirectTransport:
             first = RESPONSE_ENV
         argv = [PLUGIN, first, self.region, "StartSession", self.profile or "", json.dumps(request),
                 self.ssm.meta.endpoint_url]
-        result = converse(lambda: spawn(argv, env), job, self.timeouts, cancel, secrets=[response["TokenValue"]])
+        result = converse(lambda: spawn(argv, env), job, self.timeouts, cancel, self.keepalive,
+                          secrets=[response["TokenValue"]])
         if result.kind not in CLEAN_END:
             self.terminate(response["SessionId"])
         return result
@@ -148,7 +154,7 @@ def spawn(argv: list[str], env: dict[str, str]) -> pexpect.spawn:
 
 
 def converse(start: Callable[[], pexpect.spawn], job: NodeJob, timeouts: Timeouts, cancel: Any,
-             secrets: list[str] | None = None) -> SessionResult:
+             keepalive: float, secrets: list[str] | None = None) -> SessionResult:
     """Open the session, run the conversation, and always close our end of it."""
     hidden = list(job.secrets.values()) + (secrets or [])
     log = RedactingLog(job.transcript, hidden)
@@ -159,7 +165,7 @@ def converse(start: Callable[[], pexpect.spawn], job: NodeJob, timeouts: Timeout
         return SessionResult(SESSION_START_FAILED, error=f"cannot start the session client: {exc}", step="spawn")
     child.logfile_read = log
     try:
-        return Conversation(child, job, timeouts, cancel, hidden).drive()
+        return Conversation(child, job, timeouts, cancel, hidden, keepalive).drive()
     finally:
         close(child)
         log.close()
@@ -168,10 +174,12 @@ def converse(start: Callable[[], pexpect.spawn], job: NodeJob, timeouts: Timeout
 class Conversation:
     """One node's shell, step by step: ready, write the environment, launch (or run), exit."""
 
-    def __init__(self, child: pexpect.spawn, job: NodeJob, timeouts: Timeouts, cancel: Any, hidden: list[str]):
+    def __init__(self, child: pexpect.spawn, job: NodeJob, timeouts: Timeouts, cancel: Any, hidden: list[str],
+                 keepalive: float):
         self.child = child
         self.job = job
         self.timeouts = timeouts
+        self.keepalive = keepalive
         self.cancel = cancel
         self.hidden = hidden
         self.nonce = random_tokens.token_hex(4)
@@ -210,7 +218,8 @@ class Conversation:
                             f"sh -c {shlex.quote(RUN_ATTACHED)} hpc-collector \"$d\"; "
                             f"else rm -rf \"$d\"; (exit {RC_FETCH_FAILED}); fi; "
                             f'echo "$S$T:$?"')
-        failure = self._wait(self._marker("done", r"(\d+)"), self.timeouts.node_script, "script")
+        failure = self._wait(self._marker("done", r"(\d+)"), self.timeouts.node_script, "script",
+                             keepalive=self.keepalive)
         if failure:
             return failure
         rc = int(self.child.match.group(1))
@@ -254,12 +263,16 @@ class Conversation:
     def _result(self, kind: str, step: str, error: str, output: str = "") -> SessionResult:
         return SessionResult(kind, step=step, error=error, output=output, session_id=self.session_id)
 
-    def _wait(self, pattern: re.Pattern, timeout: float, step: str, again: str | None = None) -> SessionResult | None:
+    def _wait(self, pattern: re.Pattern, timeout: float, step: str, again: str | None = None,
+              keepalive: float | None = None) -> SessionResult | None:
         """Wait for `pattern`; return a failure result, or None when it matched. `again` is typed
         once more every RETYPE_AFTER seconds without an answer: a line typed while the remote shell
-        was still starting can be lost, and waiting out the whole timeout would cost a session."""
+        was still starting can be lost, and waiting out the whole timeout would cost a session.
+        `keepalive`: an empty line every so many seconds, because Session Manager ends a session that
+        gets no input for its idle timeout (1 to 60 minutes, 20 by default), whatever the node prints."""
         deadline = time.monotonic() + timeout
         retype_at = time.monotonic() + RETYPE_AFTER
+        alive_at = time.monotonic() + keepalive if keepalive else None
         while True:
             if self.cancel.is_set():
                 raise Cancelled()
@@ -271,6 +284,11 @@ class Conversation:
             if again and time.monotonic() >= retype_at:
                 self.child.sendline(again)
                 retype_at = time.monotonic() + RETYPE_AFTER
+            if alive_at and time.monotonic() >= alive_at:
+                # Read by the node's shell once the script has ended (the script reads no terminal
+                # input): an empty command line, which does nothing.
+                self.child.sendline("")
+                alive_at = time.monotonic() + keepalive
             if time.monotonic() >= deadline:
                 return self._result(SESSION_TIMEOUT, step, f"no answer from the node within {timeout:.0f}s ({step})",
                                     clean_output(self.child.before, self.hidden))

@@ -38,7 +38,7 @@ ODD_GROUP = 'my "odd" group\'s name'  # any text is a valid instance group
 INSTANCE = "i-0123456789abcdef0"
 REPORT_DIR_RE = re.compile(rf"hyperpod_report_[A-Za-z0-9._-]+_{INSTANCE}_\d{{8}}_\d{{6}}")
 MANIFEST_COLUMNS = ["item", "rc", "seconds", "bytes", "timed_out", "cut_bytes", "redactions", "note"]
-COMMON_ITEMS = ["instance_group", "instance_id", "cluster_type", "hostname", "timestamp", "uname", "uptime",
+COMMON_ITEMS = ["instance_group", "instance_id", "launch", "cluster_type", "hostname", "timestamp", "uname", "uptime",
                 "versions", "dmesg_T", "journal_kernel", "syslog", "messages", "kern_log", "rotated_logs",
                 "resource_config", "cluster_logs", "systemd_services", "systemd_failed", "disk_usage", "disk_inodes",
                 "memory", "processes", "lspci", "lsmod", "fi_info_efa", "efa_counters"]
@@ -296,7 +296,7 @@ def eks_run(s3, tmp_path_factory):
     key, status_key = "runs/eks/instances/odd.tar.gz", "runs/eks/status/odd.json"
     urls = {"HPC_UPLOAD_URL": presigned_put(s3, key), "HPC_STATUS_URL": presigned_put(s3, status_key),
             "HPC_SCRIPT_URL": SCRIPT_URL, "HPC_EKS_COLLECTOR_URL": EKS_URL}
-    run = node.run(HPC_RUN_ID="20260101_000000", **urls)
+    run = node.run(HPC_RUN_ID="20260101_000000", HPC_LAUNCH_ID="2.5eed1e55", **urls)
     return run, urls, uploaded(s3, key), status_object(s3, status_key), node
 
 
@@ -315,6 +315,9 @@ def test_uploads_the_tarball_the_result_line_and_status_describe(eks_run):
     assert status["tarball"] == run.result["tarball"] and status["kept"] is None
     assert status["run_id"] == "20260101_000000" and isinstance(status["pid"], int)
     assert status["started"] <= status["finished"]
+    # Every result names the launch that made it, in the status object and in the report itself.
+    assert status["launch_id"] == "2.5eed1e55" and status["instance_id"] == INSTANCE
+    assert report_files(body)["launch.txt"] == b"run_id=20260101_000000\nlaunch_id=2.5eed1e55\n"
 
 
 def test_instance_group_and_the_issue_command_come_back_exactly(eks_run):
@@ -571,14 +574,32 @@ def test_refused_upload_keeps_the_tarball_on_the_node_and_the_url_secret(s3, tmp
     assert len(endpoint.hits) == 1  # curl --retry covers 5xx and connection failures, not 403
     assert "error: 403" in run.stdout
     assert "0badc0ffee" not in run.stdout + run.stderr
-    # the tarball stays, alone in its private folder, and its path is reported
+    # the tarball stays, alone but for the mark naming its node, in its private folder; its path is reported
     kept = Path(run.result["kept"])
-    assert kept.parent.parent == run.work and list(kept.parent.iterdir()) == [kept]
+    assert kept.parent.parent == run.work
+    assert sorted(p.name for p in kept.parent.iterdir()) == [".hpc-kept", kept.name]
+    assert (kept.parent / ".hpc-kept").read_text() == f"{INSTANCE}\n"
     assert hashlib.sha256(kept.read_bytes()).hexdigest() == run.result["sha256"]
     assert len(kept.read_bytes()) == int(run.result["bytes"]) > 0
     report_files(kept.read_bytes())
     status = status_object(s3, status_key)
     assert status["status"] == "upload_failed" and status["rc"] == 4 and status["kept"] == str(kept)
+
+
+def test_a_later_delivery_removes_the_tarballs_kept_for_this_node_and_no_others(s3, tmp_path, failing_endpoint):
+    node = Node(tmp_path)
+    kept = Path(node.run(HPC_UPLOAD_URL=failing_endpoint(403).url).result["kept"])
+    # Another node's kept tarball in the same /tmp (sandbox nodes share one): not this node's to remove.
+    foreign = Path(node.run(HPC_UPLOAD_URL=failing_endpoint(403).url, INSTANCE_ID="i-0ffffffffffffffff")
+                   .result["kept"])
+    busy = node.work / "hpc-collect.inuse1"  # another collector's folder: never touched
+    busy.mkdir()
+    (busy / "cuts.tsv").write_text("")
+    # Before: the kept tarball stayed for ever, run after run.
+    later = node.run(HPC_UPLOAD_URL=presigned_put(s3, "kept/later.tar.gz"))
+    assert later.rc == 0, later.stdout + later.stderr
+    assert not kept.parent.exists() and "removed an earlier kept tarball" in later.stdout
+    assert foreign.is_file() and busy.is_dir()
 
 
 @pytest.mark.parametrize("env, message", [
@@ -698,7 +719,7 @@ def test_detached_run_reports_status_and_a_second_one_of_the_run_exits_5(s3, tmp
     node.stand_in("nvidia-smi", f'while [ ! -e {release} ]; do sleep 0.05; done; echo "nvidia-smi: $*"')
     key, status_key = "detached/one.tar.gz", "detached/one.json"
     run_id = f"detached-{os.getpid()}"
-    env = {**node.env, "HPC_RUN_ID": run_id, "HPC_UPLOAD_URL": presigned_put(s3, key),
+    env = {**node.env, "HPC_RUN_ID": run_id, "HPC_LAUNCH_ID": "1.f1r57", "HPC_UPLOAD_URL": presigned_put(s3, key),
            "HPC_STATUS_URL": presigned_put(s3, status_key)}
     log = tmp_path / "detached.log"
     # As the orchestrator starts it: its own session, no terminal, output to a file.
@@ -707,14 +728,21 @@ def test_detached_run_reports_status_and_a_second_one_of_the_run_exits_5(s3, tmp
     try:
         running = wait_for(lambda: try_status(s3, status_key), "the running status object")
         assert running["state"] == "running" and running["run_id"] == run_id and running["pid"] > 1
-        second = node.run(HPC_RUN_ID=run_id, HPC_UPLOAD_URL=presigned_put(s3, "detached/two.tar.gz"))
+        assert running["launch_id"] == "1.f1r57"
+        second = node.run(HPC_RUN_ID=run_id, HPC_LAUNCH_ID="2.5ec0nd", HPC_STATUS_URL=presigned_put(s3, status_key),
+                          HPC_UPLOAD_URL=presigned_put(s3, "detached/two.tar.gz"))
         assert second.rc == 5 and second.status == "already_running", second.stdout + second.stderr
         assert second.result["pid"] == str(running["pid"])
         assert second.stdout.count("\n") == 1  # nothing collected, nothing else said
+        # Detached, the orchestrator reads this: its launch found the first one still at work.
+        deferring = status_object(s3, status_key)
+        assert (deferring["state"], deferring["launch_id"], deferring["holder_pid"]) == (
+            "already_running", "2.5ec0nd", running["pid"])
     finally:
         release.touch()
     done = wait_for(lambda: (s := try_status(s3, status_key)) and s["state"] == "done" and s, "the done status")
     assert done["status"] == "ok" and done["rc"] == 0 and done["pid"] == running["pid"]
+    assert done["launch_id"] == "1.f1r57"  # the holder's result, which the second launch defers to
     body = uploaded(s3, key)
     assert done["bytes"] == len(body) and done["sha256"] == hashlib.sha256(body).hexdigest()
     assert "HPC_RESULT status=ok " in log.read_text()

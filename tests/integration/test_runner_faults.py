@@ -32,13 +32,14 @@ def faults(cluster):
     """Faults armed by a test are put back afterwards, so tests do not leak into each other."""
     sandbox, status, env = cluster
     yield sandbox
-    sandbox.set_faults(start_session_rate=None, idle_timeout=None)
+    sandbox.set_faults(start_session_rate=None, idle_timeout=None, s3_put_failures=None)
     for node in status["nodes"]:
-        sandbox.set_node_faults(node["instance_id"], target_not_connected=None, session_drop_after=None)
+        sandbox.set_node_faults(node["instance_id"], target_not_connected=None, session_drop_after=None, slow=None)
 
 
-def invoke(env: dict, runs: Path, *args: str) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, **env, INVOKE_HYPERPOD_RUNS_DIR=str(runs), INVOKE_HYPERPOD_POLL_INTERVAL="1")
+def invoke(env: dict, runs: Path, *args: str, **settings: str) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, **env, INVOKE_HYPERPOD_RUNS_DIR=str(runs), INVOKE_HYPERPOD_POLL_INTERVAL="1",
+                    **settings)
     full_env.pop("AWS_PROFILE", None)
     return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=PROJECT, env=full_env, capture_output=True,
                           text=True, timeout=300)
@@ -126,3 +127,62 @@ def test_after_a_crash_an_attached_run_waits_for_the_script_still_running_on_the
     node = run_state(tmp_path, status)["nodes"][target]
     assert node["status"] in COLLECTED and node["bytes"] > 0, node
     assert launches(tmp_path, status, target) == 1  # collected once, by the first launch
+
+
+def test_a_relaunch_never_takes_an_earlier_launchs_status_as_its_own(cluster, faults, tmp_path):
+    """Before: after an upload failed for good, `run --retry-failed` on a slow node read the first launch's
+    status object (done, upload_failed) as the new launch's and called the node failed while the new script
+    went on to upload a good tarball."""
+    sandbox, status, env = cluster
+    node = status["nodes"][1]
+    tarball_key = f"instances/{node['group']}_{node['instance_id']}.tar.gz"
+    faults.set_faults(s3_put_failures=[{"key_contains": tarball_key, "times": "always"}])
+    first = invoke(env, tmp_path, "collect", "--no-download", "--nodes", node["instance_id"])
+    assert first.returncode == 1
+    assert run_state(tmp_path, status)["nodes"][node["instance_id"]]["error_kind"] == "upload_failed"
+
+    faults.set_faults(s3_put_failures=None)
+    faults.set_node_faults(node["instance_id"], slow=1.0)  # the new launch is slow to write its own status
+    try:
+        again = invoke(env, tmp_path, "run", "--retry-failed")
+    finally:
+        faults.set_node_faults(node["instance_id"], slow=None)
+    assert again.returncode == 0, again.stderr
+    record = run_state(tmp_path, status)["nodes"][node["instance_id"]]
+    assert record["status"] in COLLECTED and record["bytes"] > 0, record
+    assert len(record["launches"]) == 2 and record["launch_id"] == record["launches"][1]
+
+
+def test_a_good_result_of_an_earlier_launch_collects_the_node_without_a_new_launch(cluster, faults, tmp_path):
+    """A node called timed out whose late `done` (a good tarball) is in S3 by the time it is retried."""
+    sandbox, status, env = cluster
+    node = status["nodes"][3]
+    assert invoke(env, tmp_path, "collect", "--no-download", "--nodes", node["instance_id"]).returncode == 0
+    state_file = tmp_path / status["cluster"] / "latest" / "state.json"
+    state = json.loads(state_file.read_text())
+    record = state["nodes"][node["instance_id"]]
+    record.update(status="timeout", error_kind="timeout_script", error="no result from the node within 900s")
+    state_file.write_text(json.dumps(state))
+    again = invoke(env, tmp_path, "run", "--retry-failed")
+    assert again.returncode == 0, again.stderr
+    assert f"{node['instance_id']} was collected by its earlier launch {record['launch_id']}" in again.stderr
+    after = run_state(tmp_path, status)["nodes"][node["instance_id"]]
+    assert after["status"] in COLLECTED and after["bytes"] == record["bytes"] and after["error"] is None
+    assert after["launches"] == record["launches"] and launches(tmp_path, status, node["instance_id"]) == 1
+
+
+def test_attached_sessions_outlive_the_idle_timeout_by_keeping_alive(cluster, faults, tmp_path):
+    """Session Manager ends a session without input for its idle timeout, however much the node prints;
+    the node script runs longer than that here (its command sleeps 6 s, the idle timeout is 3 s)."""
+    sandbox, status, env = cluster
+    node = status["nodes"][2]["instance_id"]
+    faults.set_faults(idle_timeout=3)
+    args = ("collect", "--no-download", "--session-mode", "attached", "--nodes", node, "--command", "sleep 6")
+    kept_alive = invoke(env, tmp_path / "alive", *args, INVOKE_HYPERPOD_SESSION_KEEPALIVE="1")
+    assert kept_alive.returncode == 0, kept_alive.stderr
+    assert run_state(tmp_path / "alive", status)["nodes"][node]["status"] in COLLECTED
+    # Without a keystroke in time, the service ends the session while the script runs.
+    silent = invoke(env, tmp_path / "silent", *args, INVOKE_HYPERPOD_SESSION_KEEPALIVE="60",
+                    INVOKE_HYPERPOD_SESSION_ATTEMPTS="1")
+    assert silent.returncode == 1
+    assert run_state(tmp_path / "silent", status)["nodes"][node]["status"] not in COLLECTED

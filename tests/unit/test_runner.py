@@ -20,6 +20,7 @@ class Recorder:
         self.lock = threading.Lock()
         self.calls: dict[str, list[int]] = {}
         self.launched: list[str] = []
+        self.prepared: list[tuple[str, int]] = []
         self.final: dict[str, dict] = {}
         self.polls: dict[str, int] = {}
         self.running = 0
@@ -47,7 +48,8 @@ class Recorder:
         return done
 
     def callbacks(self):
-        return Callbacks(launch=self.launch, poll=self.poll, on_launched=lambda k, o: self.launched.append(k),
+        return Callbacks(prepare=lambda k, attempt: self.prepared.append((k, attempt)),
+                         launch=self.launch, poll=self.poll, on_launched=lambda k, o: self.launched.append(k),
                          on_final=self.final.__setitem__,
                          give_up=lambda k, last, why: {"status": "gave_up", "why": why},
                          crashed=lambda k, text: {"status": "crashed", "text": text})
@@ -67,6 +69,42 @@ def test_every_node_launches_then_finishes_from_polls_with_bounded_sessions():
     assert all(outcome == {"status": "ok"} for outcome in recorder.final.values())
     assert sorted(recorder.launched) == sorted(recorder.final)
     assert recorder.peak <= 3
+
+
+def test_every_launch_is_prepared_in_the_main_thread_before_it_starts():
+    recorder = Recorder(script={"flaky": [RETRY, LAUNCHED]})
+    main = threading.current_thread()
+    order = []
+    original_launch = recorder.launch
+
+    def prepare(key, attempt):
+        assert threading.current_thread() is main
+        order.append(("prepare", key, attempt))
+
+    def launch(key, attempt):
+        order.append(("launch", key, attempt))
+        return original_launch(key, attempt)
+
+    callbacks = recorder.callbacks()
+    callbacks.prepare, callbacks.launch = prepare, launch
+    Engine(callbacks, rate=AdaptiveRate(200.0), max_sessions=1, max_attempts=3, run_deadline=time.monotonic() + 30,
+           poll_interval=0.01, cancel=threading.Event(), backoff_base=0.005).run(["flaky"], {})
+    assert order == [("prepare", "flaky", 1), ("launch", "flaky", 1), ("prepare", "flaky", 2), ("launch", "flaky", 2)]
+
+
+def test_a_prepare_that_crashes_fails_its_node_only():
+    recorder = Recorder()
+    callbacks = recorder.callbacks()
+
+    def prepare(key, attempt):
+        if key == "bad":
+            raise OSError("disk full")
+
+    callbacks.prepare = prepare
+    Engine(callbacks, rate=AdaptiveRate(200.0), max_sessions=2, max_attempts=3, run_deadline=time.monotonic() + 30,
+           poll_interval=0.01, cancel=threading.Event(), backoff_base=0.005).run(["bad", "good"], {})
+    assert recorder.final["good"] == {"status": "ok"} and "bad" not in recorder.calls
+    assert recorder.final["bad"]["status"] == "crashed" and "disk full" in recorder.final["bad"]["text"]
 
 
 def test_throttling_slows_down_and_never_uses_up_attempts():

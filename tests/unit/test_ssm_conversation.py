@@ -21,7 +21,7 @@ def test_a_first_line_lost_by_a_starting_shell_is_typed_again_before_the_prompt_
     theirs.mkdir()
     shell_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "d": str(theirs)}
     result = converse(lambda: spawn(["sh", "-c", LOSES_FIRST_LINE], shell_env), job, Timeouts(session_prompt=20),
-                      threading.Event())
+                      threading.Event(), keepalive=30.0)
     # Past the shell step: the launch itself fails, since nothing serves the script's URL.
     assert (result.kind, result.step) == (SESSION_FETCH_FAILED, "launch"), result
     assert result.session_id == "s-0123"
