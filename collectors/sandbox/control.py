@@ -37,6 +37,7 @@ from collectors.sandbox.nodes import (
     wait_until_gone,
 )
 from collectors.sandbox.scenario import (
+    DEFAULT_DISTRIBUTION,
     NODE_FAULT_DEFAULTS,
     SCENARIO_FAULT_DEFAULTS,
     check_scenario,
@@ -60,6 +61,8 @@ class GroupSpec:
     count: int
     role: str = "worker"  # Slurm: "controller" for the group whose node runs slurmctld
     fixture: str = "healthy"  # the fixture pack of the group's nodes (docs/scenarios.md)
+    os: str | None = None  # its nodes' distribution and logging; None: the cluster's
+    rsyslog: bool | None = None
 
 
 def default_groups() -> list[GroupSpec]:
@@ -73,7 +76,9 @@ class SandboxSpec:
     groups: list[GroupSpec] = field(default_factory=default_groups)
     bucket: str = "hyperpod-sandbox-reports"
     region: str = "us-west-2"
-    shell: str = "sh"
+    shell: str | None = None  # None: each distribution's own
+    os: str = DEFAULT_DISTRIBUTION
+    rsyslog: bool | None = None  # None: as the distribution ships
     # Per-node settings of a scenario, keyed "<group>/<index>", and its scenario-wide faults.
     node_settings: dict[str, dict] = field(default_factory=dict)
     faults: dict = field(default_factory=lambda: dict(SCENARIO_FAULT_DEFAULTS))
@@ -98,31 +103,37 @@ class SandboxSpec:
         scenario = load_scenario(source)
         groups = [
             GroupSpec(group["name"], group["instance_type"], group["count"], group.get("role", "worker"),
-                      group.get("fixture", "healthy"))
+                      group.get("fixture", "healthy"), group.get("os"), group.get("rsyslog"))
             for group in scenario["instance_groups"]
         ]
-        optional = {key: scenario[key] for key in ("region", "shell", "bucket") if key in scenario}
+        optional = {key: scenario[key] for key in ("region", "shell", "bucket", "os", "rsyslog") if key in scenario}
         return cls(cluster=scenario["cluster"], type=scenario["type"], groups=groups,
                    node_settings=scenario["nodes"], faults=scenario["faults"], **optional)
 
     def as_scenario(self) -> dict:
         """The spec in the scenario format, so flags and files are checked by the same rules."""
-        return {
+        def set_only(settings: dict) -> dict:
+            return {key: value for key, value in settings.items() if value is not None}
+
+        return set_only({
             "cluster": self.cluster, "type": self.type, "region": self.region, "shell": self.shell,
+            "os": self.os, "rsyslog": self.rsyslog,
             "bucket": self.bucket, "nodes": self.node_settings, "faults": self.faults,
             "instance_groups": [
-                {"name": group.name, "instance_type": group.instance_type, "count": group.count,
-                 "role": group.role, "fixture": group.fixture}
+                set_only({"name": group.name, "instance_type": group.instance_type, "count": group.count,
+                          "role": group.role, "fixture": group.fixture, "os": group.os, "rsyslog": group.rsyslog})
                 for group in self.groups
             ],
-        }
+        })
 
     def validate(self) -> None:
         check_scenario(self.as_scenario())
 
     def node_settings_for(self, group_name: str, index: int) -> dict:
         group = next(group for group in self.groups if group.name == group_name)
-        return node_settings(self.node_settings, {"name": group.name, "fixture": group.fixture}, index)
+        distribution = {"os": group.os or self.os, "shell": self.shell,
+                        "rsyslog": self.rsyslog if group.rsyslog is None else group.rsyslog}
+        return node_settings(self.node_settings, {"name": group.name, "fixture": group.fixture, **distribution}, index)
 
 
 def default_root() -> Path:
@@ -238,6 +249,8 @@ def create_cluster(spec: SandboxSpec, clients: dict) -> tuple[ClusterFacts, dict
             ip=ip_from_hostname(summary["PrivateDnsHostname"]),
             fqdn=summary["PrivateDnsHostname"],
             pack=settings[summary["InstanceId"]]["fixture"],
+            os=settings[summary["InstanceId"]]["os"],
+            rsyslog=settings[summary["InstanceId"]]["rsyslog"],
         ))
     return ClusterFacts(name=spec.cluster, arn=arn, region=spec.region, type=spec.type, nodes=nodes), settings
 
