@@ -308,7 +308,7 @@ def ids_in(path: Path, column: int) -> tuple[set[str], set[int]]:
 
 def write_distribution_files(directory: Path, node: Node) -> list[User]:
     """ROOT/shared/os/<os>/: os-release, and the host's passwd and group with the node's users added
-    (the nodes run the host's daemons, whose users must resolve), plus their sudoers.d."""
+    (the nodes run the host's daemons, whose users must resolve), a shadow to match, and sudoers.d."""
     distribution = DISTRIBUTIONS[node.os]
     directory.mkdir(parents=True)
     (directory / "os-release").write_text((FIXTURES / "os" / node.os / "os-release").read_text())
@@ -321,6 +321,11 @@ def write_distribution_files(directory: Path, node: Node) -> list[User]:
     group += "".join(f"{user.name}:x:{user.uid}:\n" for user in users)
     (directory / "passwd").write_text(passwd)
     (directory / "group").write_text(group)
+    # PAM's account check (sudo runs it even with NOPASSWD) needs a shadow entry for each user. No
+    # password is copied from the host's: every account's is locked (`*`), as keys and SSM log in.
+    (directory / "shadow").write_text("".join(f"{line.split(':', 1)[0]}:*:19000:0:99999:7:::\n"
+                                              for line in passwd.splitlines()))
+    (directory / "shadow").chmod(0o600)
     sudoers = directory / "sudoers.d"
     sudoers.mkdir()
     for user in users:

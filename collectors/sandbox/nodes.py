@@ -4,7 +4,7 @@ Each node is one long-lived `unshare` whose child is the node's PID 1. Inside, t
 hostname and its own /var/log (with its journal), /opt, /tmp, /home, /usr/local/sbin and
 /etc/machine-id (ROOT/nodes/<instance-id>/), plus the sandbox's shared, read-only stand-ins
 (nvidia-smi, systemctl, dmesg, df) as /usr/local/bin, its /etc/hosts, and its distribution's
-/etc/os-release, /etc/passwd, /etc/group and /etc/sudoers.d (ROOT/shared/). The network is the
+/etc/os-release, /etc/passwd, /etc/group, /etc/shadow and /etc/sudoers.d (ROOT/shared/). The network is the
 host's: nodes only use loopback addresses. As root the namespaces are created directly; as a normal
 user inside a user namespace that maps the user to root (`unshare --user --map-root-user`), entered
 with `nsenter --user --preserve-credentials`.
@@ -207,6 +207,7 @@ def node_fstab(root: Path, node: Node) -> str:
         (distribution / "os-release", "/etc/os-release", "bind,ro"),
         (distribution / "passwd", "/etc/passwd", "bind,ro"),
         (distribution / "group", "/etc/group", "bind,ro"),
+        (distribution / "shadow", "/etc/shadow", "bind,ro"),
         (distribution / "sudoers.d", "/etc/sudoers.d", "bind,ro"),
         (directory / "machine-id", "/etc/machine-id", "bind,ro"),
         (directory / "tmp", "/tmp", "bind"),  # last: it may hide ROOT itself

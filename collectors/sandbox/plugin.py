@@ -29,6 +29,7 @@ it too.
 Run through ROOT/bin/session-manager-plugin, a wrapper that passes `--root ROOT` first.
 """
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -347,21 +348,30 @@ def spawn_on_new_pty(command: list[str]) -> tuple[int, int]:
     return pid, master_fd
 
 
-def run_session(command: list[str], faults: SessionFaults, shell_profile: str | None) -> str | None:
-    """Run the remote shell on a pty until it exits (None) or a fault ends the session (why)."""
+@contextlib.contextmanager
+def raw_terminal():
+    """The client's terminal in raw mode while the session lasts: keys go to the remote end, which
+    echoes them, and nothing is echoed here (even when the agent fails the session at once)."""
     stdin_is_tty = os.isatty(sys.stdin.fileno())
-    child_pid, master_fd = spawn_on_new_pty(command)
-    if shell_profile and shell_profile.strip():  # as the agent does: typed first, with its newline
-        write_all(master_fd, (shell_profile + "\n").encode())
     saved_mode = termios.tcgetattr(sys.stdin.fileno()) if stdin_is_tty else None
-    why = None
     try:
         if stdin_is_tty:
             tty.setraw(sys.stdin.fileno())
-        why = relay(child_pid, master_fd, stdin_is_tty, faults)
+        yield stdin_is_tty
     finally:
         if saved_mode is not None:
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved_mode)
+
+
+def run_session(command: list[str], faults: SessionFaults, shell_profile: str | None, stdin_is_tty: bool) -> str | None:
+    """Run the remote shell on a pty until it exits (None) or a fault ends the session (why)."""
+    child_pid, master_fd = spawn_on_new_pty(command)
+    if shell_profile and shell_profile.strip():  # as the agent does: typed first, with its newline
+        write_all(master_fd, (shell_profile + "\n").encode())
+    why = None
+    try:
+        why = relay(child_pid, master_fd, stdin_is_tty, faults)
+    finally:
         if why:
             hang_up(child_pid, master_fd)
         else:
@@ -388,12 +398,14 @@ def start_session(root: Path, arguments: list[str]) -> int:
         raise SessionError(f"the sandbox plugin does not emulate document {document}")
     init_pid, preferences = running_init_pid(root, instance_id), session_preferences(root)
     print(f"\nStarting session with SessionId: {session_id}\n", flush=True)
-    try:
-        command = node_shell_command(root, instance_id, init_pid, preferences)
-    except SessionError as error:  # the agent's failure to start the shell ends the session
-        print(f"\n{error}\n{closing_banner(session_id, None)}", end="", flush=True)
-        return 1
-    why = run_session(command, session_faults(root, instance_id), preferences.shell_profile)
+    with raw_terminal() as stdin_is_tty:
+        try:
+            command = node_shell_command(root, instance_id, init_pid, preferences)
+        except SessionError as error:  # the agent's failure to start the shell ends the session
+            write_all(sys.stdout.fileno(), f"\r\n{error}\r\n".encode())
+            print(closing_banner(session_id, None), end="", flush=True)
+            return 1
+        why = run_session(command, session_faults(root, instance_id), preferences.shell_profile, stdin_is_tty)
     print(closing_banner(session_id, why), end="", flush=True)
     return 0
 
