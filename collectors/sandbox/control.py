@@ -3,9 +3,11 @@
 `Sandbox(root).up(spec)` starts the patched moto server (server.py), creates the S3 bucket and the
 HyperPod cluster through the real API, starts one namespace node per cluster node (nodes.py), the
 nodes' services, arms the scenario's faults and puts the stand-in session-manager-plugin (plugin.py)
-in ROOT/bin. A spec comes from flags (`SandboxSpec.simple`) or a scenario file
-(`SandboxSpec.from_scenario`, docs/scenarios.md). Every process is recorded in ROOT by PID and start
-time, so a later process (`invoke sandbox.down`) can stop exactly those.
+in ROOT/bin. Nodes get the real AWS CLI and, through the server's instance metadata service, their
+role's temporary credentials, allowed to write under the cluster's reports prefix only. A spec comes
+from flags (`SandboxSpec.simple`) or a scenario file (`SandboxSpec.from_scenario`, docs/scenarios.md).
+Every process is recorded in ROOT by PID and start time, so a later process (`invoke sandbox.down`)
+can stop exactly those.
 """
 
 import json
@@ -24,11 +26,20 @@ from pathlib import Path
 from collectors.loopback import refuse_non_loopback
 from collectors.errors import SandboxError
 from collectors.sandbox.services import start_node_services, stop_node_services
-from collectors.sandbox.content import ClusterFacts, Node
-from collectors.sandbox.entry import is_same_process, node_shell_env, nsenter_command, read_init_pid, read_init_pids
+from collectors.sandbox.content import ClusterFacts, Node, stand_in_kind
+from collectors.sandbox.credentials import FAKE_CREDENTIALS
+from collectors.sandbox.entry import (
+    NODE_AWS_CONFIG,
+    is_same_process,
+    node_shell_env,
+    nsenter_command,
+    read_init_pid,
+    read_init_pids,
+)
 from collectors.sandbox.nodes import (
     kill_if_same,
     namespaces_problem,
+    node_dir,
     process_identity,
     read_process_record,
     record_process,
@@ -37,6 +48,7 @@ from collectors.sandbox.nodes import (
     wait_until_gone,
 )
 from collectors.sandbox.scenario import (
+    DEFAULT_DISTRIBUTION,
     NODE_FAULT_DEFAULTS,
     SCENARIO_FAULT_DEFAULTS,
     check_scenario,
@@ -50,7 +62,6 @@ ACCOUNT_ID = "123456789012"  # moto's default account
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder that holds `collectors/`
 SERVER_START_TIMEOUT_S = 30.0
 SERVER_STOP_TIMEOUT_S = 5.0
-FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
 @dataclass
@@ -60,6 +71,8 @@ class GroupSpec:
     count: int
     role: str = "worker"  # Slurm: "controller" for the group whose node runs slurmctld
     fixture: str = "healthy"  # the fixture pack of the group's nodes (docs/scenarios.md)
+    os: str | None = None  # its nodes' distribution and logging; None: the cluster's
+    rsyslog: bool | None = None
 
 
 def default_groups() -> list[GroupSpec]:
@@ -73,7 +86,9 @@ class SandboxSpec:
     groups: list[GroupSpec] = field(default_factory=default_groups)
     bucket: str = "hyperpod-sandbox-reports"
     region: str = "us-west-2"
-    shell: str = "sh"
+    shell: str | None = None  # None: each distribution's own
+    os: str = DEFAULT_DISTRIBUTION
+    rsyslog: bool | None = None  # None: as the distribution ships
     # Per-node settings of a scenario, keyed "<group>/<index>", and its scenario-wide faults.
     node_settings: dict[str, dict] = field(default_factory=dict)
     faults: dict = field(default_factory=lambda: dict(SCENARIO_FAULT_DEFAULTS))
@@ -98,31 +113,37 @@ class SandboxSpec:
         scenario = load_scenario(source)
         groups = [
             GroupSpec(group["name"], group["instance_type"], group["count"], group.get("role", "worker"),
-                      group.get("fixture", "healthy"))
+                      group.get("fixture", "healthy"), group.get("os"), group.get("rsyslog"))
             for group in scenario["instance_groups"]
         ]
-        optional = {key: scenario[key] for key in ("region", "shell", "bucket") if key in scenario}
+        optional = {key: scenario[key] for key in ("region", "shell", "bucket", "os", "rsyslog") if key in scenario}
         return cls(cluster=scenario["cluster"], type=scenario["type"], groups=groups,
                    node_settings=scenario["nodes"], faults=scenario["faults"], **optional)
 
     def as_scenario(self) -> dict:
         """The spec in the scenario format, so flags and files are checked by the same rules."""
-        return {
+        def set_only(settings: dict) -> dict:
+            return {key: value for key, value in settings.items() if value is not None}
+
+        return set_only({
             "cluster": self.cluster, "type": self.type, "region": self.region, "shell": self.shell,
+            "os": self.os, "rsyslog": self.rsyslog,
             "bucket": self.bucket, "nodes": self.node_settings, "faults": self.faults,
             "instance_groups": [
-                {"name": group.name, "instance_type": group.instance_type, "count": group.count,
-                 "role": group.role, "fixture": group.fixture}
+                set_only({"name": group.name, "instance_type": group.instance_type, "count": group.count,
+                          "role": group.role, "fixture": group.fixture, "os": group.os, "rsyslog": group.rsyslog})
                 for group in self.groups
             ],
-        }
+        })
 
     def validate(self) -> None:
         check_scenario(self.as_scenario())
 
     def node_settings_for(self, group_name: str, index: int) -> dict:
         group = next(group for group in self.groups if group.name == group_name)
-        return node_settings(self.node_settings, {"name": group.name, "fixture": group.fixture}, index)
+        distribution = {"os": group.os or self.os, "shell": self.shell,
+                        "rsyslog": self.rsyslog if group.rsyslog is None else group.rsyslog}
+        return node_settings(self.node_settings, {"name": group.name, "fixture": group.fixture, **distribution}, index)
 
 
 def default_root() -> Path:
@@ -155,7 +176,10 @@ def sandbox_client(service: str, endpoint: str, region: str, root: Path):
         region_name=region,
         botocore_session=core_session,
     )
-    config = botocore.config.Config(proxies={}, retries={"mode": "standard", "max_attempts": 2})
+    # SigV4 for S3, as the sandbox's S3 (like S3 itself) refuses SigV2, which botocore's presigner
+    # would otherwise use for these URLs.
+    s3_signing = {"signature_version": "s3v4"} if service == "s3" else {}
+    config = botocore.config.Config(proxies={}, retries={"mode": "standard", "max_attempts": 2}, **s3_signing)
     client = session.client(service, endpoint_url=endpoint, config=config)
     client.meta.events.register("before-send", refuse_non_loopback)
     return client
@@ -165,12 +189,17 @@ def sandbox_client(service: str, endpoint: str, region: str, root: Path):
 # The HyperPod cluster, created through the (emulated) API
 
 
+def execution_role_name(spec: SandboxSpec) -> str:
+    """The instance groups' IAM role: what the nodes' instance metadata hands out credentials for."""
+    return f"{spec.cluster}-execution-role"
+
+
 def instance_group_request(spec: SandboxSpec, group: GroupSpec) -> dict:
     return {
         "InstanceGroupName": group.name,
         "InstanceType": group.instance_type,
         "InstanceCount": group.count,
-        "ExecutionRole": f"arn:aws:iam::{ACCOUNT_ID}:role/{spec.cluster}-execution-role",
+        "ExecutionRole": f"arn:aws:iam::{ACCOUNT_ID}:role/{execution_role_name(spec)}",
         "ThreadsPerCore": 1,
         # moto insists on the `s3://sagemaker-` prefix, as the real service's IAM policies do.
         "LifeCycleConfig": {
@@ -195,11 +224,12 @@ def create_orchestrator(spec: SandboxSpec, clients: dict) -> dict:
     return {"Eks": {"ClusterArn": eks_cluster["cluster"]["arn"]}}
 
 
-def create_bucket(spec: SandboxSpec, s3) -> None:
-    if spec.region == "us-east-1":  # the one region that refuses a LocationConstraint
-        s3.create_bucket(Bucket=spec.bucket)
+def create_bucket(s3, name: str, region: str) -> None:
+    """A bucket in `region`, through a client for that region (S3 wants the request sent there)."""
+    if region == "us-east-1":  # the one region that refuses a LocationConstraint
+        s3.create_bucket(Bucket=name)
     else:
-        s3.create_bucket(Bucket=spec.bucket, CreateBucketConfiguration={"LocationConstraint": spec.region})
+        s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": region})
 
 
 def ip_from_hostname(fqdn: str) -> str:
@@ -216,7 +246,7 @@ def list_all_nodes(sagemaker, cluster_name: str) -> list[dict]:
 
 def create_cluster(spec: SandboxSpec, clients: dict) -> tuple[ClusterFacts, dict[str, dict]]:
     """The cluster, and each node's scenario settings by instance id."""
-    create_bucket(spec, clients["s3"])
+    create_bucket(clients["s3"], spec.bucket, spec.region)
     arn = clients["sagemaker"].create_cluster(
         ClusterName=spec.cluster,
         InstanceGroups=[instance_group_request(spec, group) for group in spec.groups],
@@ -238,6 +268,8 @@ def create_cluster(spec: SandboxSpec, clients: dict) -> tuple[ClusterFacts, dict
             ip=ip_from_hostname(summary["PrivateDnsHostname"]),
             fqdn=summary["PrivateDnsHostname"],
             pack=settings[summary["InstanceId"]]["fixture"],
+            os=settings[summary["InstanceId"]]["os"],
+            rsyslog=settings[summary["InstanceId"]]["rsyslog"],
         ))
     return ClusterFacts(name=spec.cluster, arn=arn, region=spec.region, type=spec.type, nodes=nodes), settings
 
@@ -256,6 +288,40 @@ def plugin_wrapper(root: Path) -> str:
         # and it starts once per session (a thousand times in a fleet run).
         f"exec {shell_quote(sys.executable)} -S -m collectors.sandbox.plugin --root {shell_quote(str(root))} \"$@\"\n"
     )
+
+
+def node_aws_cli() -> str:
+    return (
+        "#!/bin/sh\n"
+        "# The real AWS CLI (the host's awscli), where a HyperPod node has it: /usr/local/bin.\n"
+        f"exec {shell_quote(sys.executable)} -m awscli \"$@\"\n"
+    )
+
+
+def node_aws_config(server: dict) -> str:
+    """The nodes' AWS config: only where the sandbox's S3 and instance metadata listen (both loopback).
+    No keys and no region: the CLI gets its credentials from the instance metadata, as on a real node."""
+    return (
+        "[default]\n"
+        f"endpoint_url = {server['endpoint']}\n"
+        f"ec2_metadata_service_endpoint = {server['imds_endpoint']}\n"
+    )
+
+
+def give_nodes_aws(root: Path, cluster: ClusterFacts, server: dict) -> None:
+    """`aws` on every node's PATH (in the stand-ins' /usr/local/bin) and the config node shells point it at."""
+    for kind in {stand_in_kind(node) for node in cluster.nodes}:
+        cli = root / "shared" / kind / "aws"
+        cli.write_text(node_aws_cli())
+        cli.chmod(0o755)
+    config = root / "shared" / "node-aws-config"
+    config.write_text(node_aws_config(server))
+    config.chmod(0o644)
+    in_node = Path(NODE_AWS_CONFIG)
+    for node in cluster.nodes:  # the same file for every node, linked into each node's own /opt
+        folder = node_dir(root, node.instance_id) / "opt" / in_node.parent.relative_to("/opt")
+        folder.mkdir(mode=0o755)
+        os.link(config, folder / in_node.name)
 
 
 def shell_quote(text: str) -> str:
@@ -281,6 +347,7 @@ class Sandbox:
         self.root = Path(root)
         # Kept so that processes started here are reaped here, not left as zombies.
         self.started: list[subprocess.Popen] = []
+        self.node_role: dict | None = None  # the nodes' role and what it may do, once start_aws has set it
 
     # -- paths ------------------------------------------------------------------------------
 
@@ -311,17 +378,11 @@ class Sandbox:
             raise
 
     def start(self, spec: SandboxSpec) -> dict:
-        self.create_root()
-        endpoint = self.start_server()
-        clients = {
-            service: sandbox_client(service, endpoint, spec.region, self.root) for service in ("s3", "eks", "sagemaker")
-        }
-        cluster, settings = create_cluster(spec, clients)
-        for instance_id, node in settings.items():
-            if node["status"] != "Running":
-                self.post_node_status(spec.cluster, spec.region, instance_id, node["status"], node["message"])
+        endpoint, cluster, settings = self.start_aws(spec)
         start_nodes(self.root, cluster)
+        give_nodes_aws(self.root, cluster, json.loads((self.root / "server.json").read_text()))
         status = self.initial_status(spec, cluster, endpoint, settings)
+        status["node_role"] = self.node_role
         # The nodes' services start here, with the status dict, once the nodes are up; each adds its
         # keys to the status.
         status.update(start_node_services(self.root, status))  # Slurm and sshd, once the nodes are up
@@ -334,6 +395,28 @@ class Sandbox:
         self.post_faults({"faults": spec.faults, "nodes": node_faults})
         self.write_json(self.status_file, status)
         return status
+
+    def start_aws(self, spec: SandboxSpec) -> tuple[str, ClusterFacts, dict[str, dict]]:
+        """The sandbox's AWS alone (no nodes yet): the server, the bucket, the cluster in the API, the
+        nodes' role. Returns the endpoint, the cluster and each node's scenario settings."""
+        self.create_root()
+        endpoint = self.start_server()
+        clients = {
+            service: sandbox_client(service, endpoint, spec.region, self.root) for service in ("s3", "eks", "sagemaker")
+        }
+        cluster, settings = create_cluster(spec, clients)
+        for instance_id, node in settings.items():
+            if node["status"] != "Running":
+                self.post_node_status(spec.cluster, spec.region, instance_id, node["status"], node["message"])
+        self.node_role = self.control("POST", "/_emu/node-role", {
+            "role": execution_role_name(spec), "bucket": spec.bucket, "prefix": f"{REPORTS_PREFIX}/{spec.cluster}",
+        })
+        return endpoint, cluster, settings
+
+    def create_bucket(self, name: str, region: str) -> None:
+        """Another bucket, in any region (S3 keeps its LocationConstraint), e.g. to test a bucket elsewhere."""
+        endpoint = json.loads((self.root / "server.json").read_text())["endpoint"]
+        create_bucket(sandbox_client("s3", endpoint, region, self.root), name, region)
 
     @staticmethod
     def write_json(path: Path, data: dict) -> None:

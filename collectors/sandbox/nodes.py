@@ -1,11 +1,18 @@
 """Emulated HyperPod nodes: one set of Linux namespaces (mount, UTS, PID) per node.
 
 Each node is one long-lived `unshare` whose child is the node's PID 1. Inside, the node has its own
-hostname and its own /var/log, /opt, /tmp and /usr/local/sbin (ROOT/nodes/<instance-id>/), plus the
-sandbox's shared, read-only stand-ins (nvidia-smi, systemctl, dmesg, df) as /usr/local/bin and its
-/etc/hosts (ROOT/shared/). The network is the host's: nodes only use loopback addresses. As root the
-namespaces are created directly; as a normal user inside a user namespace that maps the user to
-root (`unshare --user --map-root-user`), entered with `nsenter --user --preserve-credentials`.
+hostname and its own /var/log (with its journal), /opt, /tmp, /home, /usr/local/sbin and
+/etc/machine-id (ROOT/nodes/<instance-id>/), plus the sandbox's shared, read-only stand-ins
+(nvidia-smi, systemctl, dmesg, df) as /usr/local/bin, its /etc/hosts, and its distribution's
+/etc/os-release, /etc/passwd, /etc/group, /etc/shadow and /etc/sudoers.d (ROOT/shared/). The network is the
+host's: nodes only use loopback addresses. As root the namespaces are created directly; as a normal
+user inside a user namespace that maps the user to root (`unshare --user --map-root-user`), entered
+with `nsenter --user --preserve-credentials`.
+
+A node's journal is a real journal file, which the real journalctl reads: content.py writes each
+node's entries in journal export format and systemd-journal-remote (Debian's systemd-journal-remote)
+turns them into /var/log/journal/<machine-id>/system.journal while the nodes start. Without it, nodes
+have no journal (`journalctl` finds no files), as a node whose journald keeps nothing.
 
 A node is stopped by SIGKILL to its PID 1: the kernel then kills the whole PID namespace.
 `unshare --fork` itself ignores SIGTERM, so signalling it would do nothing.
@@ -25,17 +32,17 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterable
-from datetime import datetime
 from pathlib import Path
 
 from collectors.sandbox.content import (  # FIXTURES is read from here by slurm.py and sshd.py
     FIXTURES,
     ClusterFacts,
+    LogSources,
     Node,
-    log_templates,
+    User,
+    node_logs,
     prepare_shared,
     stand_in_kind,
-    write_var_log,
 )
 from collectors.sandbox.entry import (
     NODE_PATH,
@@ -155,18 +162,30 @@ def write_json_atomically(path: Path, data) -> None:
 # Each node's own folders: its logs, /opt, /tmp and fault folder
 
 
-def node_folders(templates: dict[str, str]) -> list[str]:
-    """A node's folders, parents first: its own /tmp, /usr/local/sbin, /opt/ml/config and /var/log."""
-    log_folders = {str(parent) for relative in templates for parent in Path("varlog", relative).parents}
-    return ["", "tmp", "sbin", "opt", "opt/ml", "opt/ml/config", *sorted(log_folders - {"."})]
+def node_folders(sources: LogSources, node: Node) -> list[str]:
+    """A node's folders, parents first: its own /tmp, /usr/local/sbin, /opt/ml/config, /home and
+    /var/log with its journal folder."""
+    log_folders = {str(parent) for relative in sources.templates for parent in Path("varlog", relative).parents}
+    log_folders |= {"varlog", "varlog/journal", f"varlog/journal/{node.machine_id}"}
+    return ["", "tmp", "sbin", "opt", "opt/ml", "opt/ml/config", "home", *sorted(log_folders - {"."})]
 
 
-def prepare_node_dir(root: Path, node: Node, templates: dict[str, str], started_at: datetime) -> Path:
+def prepare_node_dir(root: Path, node: Node, sources: LogSources, users: list[User]) -> Path:
     directory = node_dir(root, node.instance_id)
-    for folder in node_folders(templates):  # one mkdir each: a 1000-node sandbox makes 9000
+    for folder in node_folders(sources, node):  # one mkdir each: a 1000-node sandbox makes 10000
         os.mkdir(directory / folder)
     (directory / "tmp").chmod(0o1777)
-    write_var_log(directory, node, templates, started_at)
+    logs = node_logs(node, sources)
+    for relative, text in logs.files.items():
+        (directory / "varlog" / relative).write_text(text)
+    (directory / JOURNAL_EXPORT).write_text(logs.journal_export)
+    (root / "shared" / stand_in_kind(node) / ".sandbox" / "kmsg" / node.hostname).write_text(logs.kmsg)
+    (directory / "machine-id").write_text(node.machine_id + "\n")
+    for user in users:  # as useradd -m leaves them (a normal user's sandbox maps only root: no owners)
+        home = directory / "home" / user.name
+        home.mkdir(mode=0o750)
+        if not in_user_namespace():
+            os.chown(home, user.uid, user.uid)
     # The same file for every node, as HyperPod writes it: linked, not copied 1000 times.
     os.link(root / "shared" / "resource_config.json", directory / "opt" / "ml" / "config" / "resource_config.json")
     (directory / "fstab").write_text(node_fstab(root, node))
@@ -174,17 +193,27 @@ def prepare_node_dir(root: Path, node: Node, templates: dict[str, str], started_
 
 
 def node_fstab(root: Path, node: Node) -> str:
-    """The node's own folders over the host's, and the shared ones (stand-ins read-only, /etc/hosts)."""
+    """The node's own folders over the host's, and the shared ones (stand-ins read-only, /etc/hosts,
+    its distribution's files). Files the host lacks (/etc/sudoers.d without sudo) are left alone."""
     directory = node_dir(root, node.instance_id)
+    distribution = root / "shared" / "os" / node.os
     mounts = [
         (directory / "varlog", "/var/log", "bind"),
         (directory / "opt", "/opt", "bind"),
+        (directory / "home", "/home", "bind"),
         (root / "shared" / stand_in_kind(node), "/usr/local/bin", "bind,ro"),
         (directory / "sbin", FAULT_BIN, "bind"),
         (root / "shared" / "hosts", "/etc/hosts", "bind"),
+        (distribution / "os-release", "/etc/os-release", "bind,ro"),
+        (distribution / "passwd", "/etc/passwd", "bind,ro"),
+        (distribution / "group", "/etc/group", "bind,ro"),
+        (distribution / "shadow", "/etc/shadow", "bind,ro"),
+        (distribution / "sudoers.d", "/etc/sudoers.d", "bind,ro"),
+        (directory / "machine-id", "/etc/machine-id", "bind,ro"),
         (directory / "tmp", "/tmp", "bind"),  # last: it may hide ROOT itself
     ]
-    return "".join(f"{fstab_escape(str(source))} {target} none {options} 0 0\n" for source, target, options in mounts)
+    return "".join(f"{fstab_escape(str(source))} {target} none {options} 0 0\n" for source, target, options in mounts
+                   if os.path.exists(target))
 
 
 def fstab_escape(path: str) -> str:
@@ -273,21 +302,27 @@ def check_nodes_alive(root: Path, unshares: dict[str, list[int]], inits: dict, d
 def start_nodes(root: Path, cluster: ClusterFacts) -> None:
     """Start every node of `cluster`, recording each as it starts (see read_node_records)."""
     (root / "nodes").mkdir()
-    prepare_shared(root, cluster)
-    templates = log_templates(cluster)
+    users = prepare_shared(root, cluster)
+    sources = LogSources(cluster)
     for node in cluster.nodes:
-        prepare_node_dir(root, node, templates, cluster.started_at)
+        prepare_node_dir(root, node, sources, users[node.os])
     with open(root / "nodes" / "launched.jsonl", "a") as records, open(root / "nodes" / "init.log", "ab") as log:
+        journals = build_journals(root, cluster.nodes, log)  # while the nodes start: they see them appear
         launcher = launch_nodes(root, cluster.nodes, log)
         try:
             inits = await_nodes(root, launcher, len(cluster.nodes), records)
+            await_journals(root, journals)
         except BaseException:
             # The launcher may be starting more nodes, not all of them recorded yet: they are all in
             # its process group (its PID: it leads its own session), which outlives none of them.
             os.killpg(launcher.pid, signal.SIGKILL)
+            for builder in journals:
+                builder.kill()
             raise
         finally:
             launcher.wait()  # it has exited once every node said it started, or was just killed
+            for builder in journals:
+                builder.wait()
     for node in cluster.nodes:
         inits[node.instance_id]["stand_ins"] = stand_in_kind(node)
     write_json_atomically(root / "nodes" / "inits.json", inits)
@@ -302,6 +337,59 @@ def stop_nodes(root: Path) -> list[int]:
         kill_if_same(record.get("init") or record["unshare"], signal.SIGKILL)
     identities = [identity for record in records for identity in (record["unshare"], record.get("init")) if identity]
     return wait_until_gone(identities)
+
+
+# ---------------------------------------------------------------------------------------------
+# Journals: export format -> journal file, with systemd-journal-remote
+
+
+JOURNAL_EXPORT = "journal.export"  # in the node's folder, read (and removed) by the builder
+JOURNAL_REMOTE_PATHS = ("/lib/systemd/systemd-journal-remote", "/usr/lib/systemd/systemd-journal-remote")
+# Reads lines "<export file> <journal file>"; journal-remote allocates its file in 8 MiB steps, so
+# the unused rest is made a hole again (fallocate --dig-holes): a thousand nodes take ~50 KB each.
+JOURNAL_BUILDER_SCRIPT = """
+while read -r export journal; do
+  "$JOURNAL_REMOTE" --output="$journal" --split-mode=none --compress=no --seal=no "$export" 2>/dev/null &&
+    fallocate --dig-holes "$journal" || { echo "journal: could not write $journal" >&2; exit 1; }
+  rm -f "$export"
+done
+"""
+JOURNAL_BUILD_TIMEOUT_S = 120.0
+
+
+def journal_remote() -> str | None:
+    return next((path for path in JOURNAL_REMOTE_PATHS if os.access(path, os.X_OK)), None)
+
+
+def build_journals(root: Path, nodes: list[Node], log) -> list[subprocess.Popen]:
+    """Start turning every node's export file into its journal, in a few parallel shells; none
+    (and no journals) without systemd-journal-remote."""
+    tool = journal_remote()
+    if tool is None:
+        for node in nodes:
+            os.unlink(node_dir(root, node.instance_id) / JOURNAL_EXPORT)
+        return []
+    shells = max(1, min(4, os.cpu_count() or 1, len(nodes)))
+    builders = []
+    for index in range(shells):
+        listing = root / "nodes" / f"journals-{index}.txt"
+        listing.write_text("".join(
+            f"{node_dir(root, node.instance_id) / JOURNAL_EXPORT} "
+            f"{node_dir(root, node.instance_id) / 'varlog' / 'journal' / node.machine_id / 'system.journal'}\n"
+            for node in nodes[index::shells]))
+        with open(listing, "rb") as listed:
+            builders.append(subprocess.Popen(["sh", "-c", JOURNAL_BUILDER_SCRIPT], stdin=listed, stderr=log,
+                                             stdout=subprocess.DEVNULL, env={"JOURNAL_REMOTE": tool,
+                                                                             "PATH": NODE_PATH}, cwd="/"))
+    return builders
+
+
+def await_journals(root: Path, builders: list[subprocess.Popen]) -> None:
+    deadline = time.monotonic() + JOURNAL_BUILD_TIMEOUT_S
+    for builder in builders:
+        if builder.wait(timeout=max(0.1, deadline - time.monotonic())):
+            log = (root / "nodes" / "init.log").read_text(errors="replace").strip()
+            raise RuntimeError(f"the nodes' journals could not be written: {log[-2000:] or 'no output'}")
 
 
 # ---------------------------------------------------------------------------------------------

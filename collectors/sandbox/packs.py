@@ -493,7 +493,7 @@ def copy_stand_ins(bin_dir: Path, with_nvidia_smi: bool, with_df: bool) -> None:
         shutil.copy(FIXTURES / "bin" / name, bin_dir / name)
     data = bin_dir / ".sandbox"
     data.mkdir()
-    for helper in ("render.awk", "query.awk"):
+    for helper in ("render.awk", "query.awk", "list-units.awk"):
         shutil.copy(FIXTURES / "bin" / helper, data / helper)
 
 

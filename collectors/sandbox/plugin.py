@@ -9,9 +9,18 @@ request's Target; no network is involved.
 
 Faults (docs/scenarios.md, read from ROOT/faults.json when the session starts) act here, where the
 real service would act on the session: `session_drop_after` closes the session after N seconds, as
-when the agent's side goes away; `idle_timeout` closes it after N seconds without input from the
-client, with the real service's message; `line_limit` truncates typed lines as a terminal in
-canonical mode does (the first limit-1 bytes and the end of line are kept).
+when the agent's side goes away (only the next `session_drops` sessions, when that is set), and so do
+`session_drop_rate` (early in a session) and `mid_session_drop_rate` (any time in its window);
+`idle_timeout` closes it after N seconds without input from the client, with the real service's
+message; `line_limit` truncates typed lines as a terminal in canonical mode does (the first limit-1
+bytes and the end of line are kept).
+
+The account's Session Manager preferences act here too, as SSM Agent applies them
+(aws/amazon-ssm-agent, agent/session/shell/shell_unix.go): the shell is `sh` (dash on Ubuntu nodes,
+bash on Amazon Linux 2023); with `run_as` it runs as that user (its uid, gid and groups, HOME=/home/USER)
+and a user the node lacks fails the session ("failed to start pty since RunAs user ... does not
+exist"); a `shell_profile` is typed into the new shell, followed by a newline, before anything the
+client sends.
 
 An `AWS-StartSSHSession` session (ssh's ProxyCommand) carries a TCP stream instead: to the port the
 request names on the node's own address, where the node's sshd listens; drops and idle timeouts end
@@ -20,6 +29,7 @@ it too.
 Run through ROOT/bin/session-manager-plugin, a wrapper that passes `--root ROOT` first.
 """
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -40,6 +50,7 @@ from collectors.sandbox.entry import node_shell_env, nsenter_command, read_init_
 from collectors.sandbox.scenario import NODE_FAULT_DEFAULTS, SCENARIO_FAULT_DEFAULTS
 
 PLUGIN_VERSION = "1.2.707.0"
+SETPRIV = "/usr/bin/setpriv"
 RESPONSE_ENV_VAR = "AWS_SSM_START_SESSION_RESPONSE"
 USER_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP)
 SHELLS = {
@@ -78,6 +89,9 @@ def instance_id_from_target(target: str) -> str:
     return "i-" + tail
 
 
+EARLY_DROP_WINDOW_S = (0.2, 2.0)  # `session_drop_rate`: a random moment of a session's first seconds
+
+
 @dataclass(frozen=True)
 class SessionFaults:
     drop_after_s: float | None
@@ -85,27 +99,95 @@ class SessionFaults:
     line_limit: int | None
 
 
-def session_faults(root: Path, instance_id: str) -> SessionFaults:
+@dataclass(frozen=True)
+class Preferences:
+    """The account's Session Manager preferences, as sessions started now get them."""
+
+    run_as: str | None
+    shell_profile: str | None
+
+
+def read_faults(root: Path) -> dict:
     try:
-        faults = json.loads((root / "faults.json").read_text())
+        return json.loads((root / "faults.json").read_text())
     except (OSError, ValueError):
-        faults = {"faults": SCENARIO_FAULT_DEFAULTS, "nodes": {}}
+        return {"faults": SCENARIO_FAULT_DEFAULTS, "nodes": {}}
+
+
+def session_faults(root: Path, instance_id: str) -> SessionFaults:
+    faults = read_faults(root)
     scenario = faults["faults"]
     node = faults["nodes"].get(instance_id, NODE_FAULT_DEFAULTS)
     drop_after = node["session_drop_after"]
-    # Any session may drop: a share of them, at a random moment of their first seconds.
+    if drop_after is not None and node.get("session_drops") and not claim_drop(root, instance_id, node):
+        drop_after = None
+    # Any session may drop: a share of them early, another share at any moment of their window.
     if drop_after is None and random.random() < scenario.get("session_drop_rate", 0):
-        drop_after = random.uniform(0.2, 2.0)
+        drop_after = random.uniform(*EARLY_DROP_WINDOW_S)
+    if drop_after is None and random.random() < scenario.get("mid_session_drop_rate", 0):
+        drop_after = random.uniform(*scenario["mid_session_drop_window"])
     return SessionFaults(drop_after, scenario["idle_timeout"], scenario["line_limit"])
 
 
-def node_shell_command(root: Path, instance_id: str) -> list[str]:
+def claim_drop(root: Path, instance_id: str, node_faults: dict) -> bool:
+    """Whether this session is one of the next `session_drops` to drop on the node. Counted in
+    ROOT/nodes/<id>/session-drops.json under a lock (sessions start in parallel); a change of the
+    node's faults starts the count afresh."""
+    path = root / "nodes" / instance_id / "session-drops.json"
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            count = json.loads(path.read_text())
+        except (OSError, ValueError):
+            count = {}
+        dropped = count.get("dropped", 0) if count.get("faults") == node_faults else 0
+        if dropped >= node_faults["session_drops"]:
+            return False
+        path.write_text(json.dumps({"faults": node_faults, "dropped": dropped + 1}))
+        return True
+
+
+def session_preferences(root: Path) -> Preferences:
+    scenario = read_faults(root)["faults"]
+    return Preferences(scenario.get("run_as"), scenario.get("shell_profile"))
+
+
+def node_record(root: Path, instance_id: str) -> dict:
+    nodes = json.loads((root / "sandbox.json").read_text())["nodes"]
+    return next(node for node in nodes if node["instance_id"] == instance_id)
+
+
+def run_as_account(init_pid: int, user: str) -> tuple[int, int]:
+    """(uid, gid) of `user` in the node's own /etc/passwd; SessionError as the agent fails the session."""
+    try:
+        lines = Path(f"/proc/{init_pid}/root/etc/passwd").read_text().splitlines()
+    except OSError as error:
+        raise SessionError(f"cannot read the node's /etc/passwd: {error.strerror}") from None
+    for line in lines:
+        fields = line.split(":")
+        if len(fields) > 3 and fields[0] == user and fields[2].isdigit() and fields[3].isdigit():
+            return int(fields[2]), int(fields[3])
+    raise SessionError(f"Unable to start command: failed to start pty since RunAs user {user} does not exist")
+
+
+def running_init_pid(root: Path, instance_id: str) -> int:
     init_pid = read_init_pid(root, instance_id)
     if init_pid is None:
         raise SessionError(f"sandbox node {instance_id} is not running")
-    sandbox = json.loads((root / "sandbox.json").read_text())
-    term = os.environ.get("TERM") or "xterm"
-    return nsenter_command(init_pid) + ["/usr/bin/setsid", "--ctty"] + node_shell_env(term) + SHELLS[sandbox["shell"]]
+    return init_pid
+
+
+def node_shell_command(root: Path, instance_id: str, init_pid: int, preferences: Preferences) -> list[str]:
+    shell = SHELLS[node_record(root, instance_id)["scenario"]["shell"]]
+    env = node_shell_env(os.environ.get("TERM") or "xterm")
+    as_user: list[str] = []
+    if preferences.run_as:
+        uid, gid = run_as_account(init_pid, preferences.run_as)
+        # The agent sets the user's credentials and HOME=/home/USER; its own environment has no USER.
+        env = [item for item in env if not item.startswith(("HOME=", "USER=", "LOGNAME="))]
+        env.append(f"HOME=/home/{preferences.run_as}")
+        as_user = [SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--"]
+    return nsenter_command(init_pid) + ["/usr/bin/setsid", "--ctty"] + env + as_user + shell
 
 
 def copy_window_size(source_fd: int, target_fd: int) -> None:
@@ -266,19 +348,30 @@ def spawn_on_new_pty(command: list[str]) -> tuple[int, int]:
     return pid, master_fd
 
 
-def run_session(command: list[str], faults: SessionFaults) -> str | None:
-    """Run the remote shell on a pty until it exits (None) or a fault ends the session (why)."""
+@contextlib.contextmanager
+def raw_terminal():
+    """The client's terminal in raw mode while the session lasts: keys go to the remote end, which
+    echoes them, and nothing is echoed here (even when the agent fails the session at once)."""
     stdin_is_tty = os.isatty(sys.stdin.fileno())
-    child_pid, master_fd = spawn_on_new_pty(command)
     saved_mode = termios.tcgetattr(sys.stdin.fileno()) if stdin_is_tty else None
-    why = None
     try:
         if stdin_is_tty:
             tty.setraw(sys.stdin.fileno())
-        why = relay(child_pid, master_fd, stdin_is_tty, faults)
+        yield stdin_is_tty
     finally:
         if saved_mode is not None:
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved_mode)
+
+
+def run_session(command: list[str], faults: SessionFaults, shell_profile: str | None, stdin_is_tty: bool) -> str | None:
+    """Run the remote shell on a pty until it exits (None) or a fault ends the session (why)."""
+    child_pid, master_fd = spawn_on_new_pty(command)
+    if shell_profile and shell_profile.strip():  # as the agent does: typed first, with its newline
+        write_all(master_fd, (shell_profile + "\n").encode())
+    why = None
+    try:
+        why = relay(child_pid, master_fd, stdin_is_tty, faults)
+    finally:
         if why:
             hang_up(child_pid, master_fd)
         else:
@@ -303,9 +396,16 @@ def start_session(root: Path, arguments: list[str]) -> int:
         return forward_port(root, instance_id, port_number(request), session_faults(root, instance_id))
     if document not in SHELL_DOCUMENTS:
         raise SessionError(f"the sandbox plugin does not emulate document {document}")
-    command = node_shell_command(root, instance_id)
+    init_pid, preferences = running_init_pid(root, instance_id), session_preferences(root)
     print(f"\nStarting session with SessionId: {session_id}\n", flush=True)
-    why = run_session(command, session_faults(root, instance_id))
+    with raw_terminal() as stdin_is_tty:
+        try:
+            command = node_shell_command(root, instance_id, init_pid, preferences)
+        except SessionError as error:  # the agent's failure to start the shell ends the session
+            write_all(sys.stdout.fileno(), f"\r\n{error}\r\n".encode())
+            print(closing_banner(session_id, None), end="", flush=True)
+            return 1
+        why = run_session(command, session_faults(root, instance_id), preferences.shell_profile, stdin_is_tty)
     print(closing_banner(session_id, why), end="", flush=True)
     return 0
 

@@ -20,6 +20,13 @@ from collectors.errors import SandboxError
 
 CLUSTER_TYPES = ("eks", "slurm")
 SHELLS = ("sh", "bash")
+# Node distributions as HyperPod has them, with the shell SSM's `sh` is on each: dash on Ubuntu (the
+# Slurm DLAMI base), bash started as sh on Amazon Linux 2023 (EKS). Their files are in content.py.
+DISTRIBUTION_SHELLS = {"ubuntu-20.04": "sh", "ubuntu-22.04": "sh", "al2023": "bash"}
+DISTRIBUTIONS = tuple(DISTRIBUTION_SHELLS)
+DEFAULT_DISTRIBUTION = "ubuntu-20.04"
+# Ubuntu logs through rsyslog (syslog, kern.log); AL2023 ships without it: journald only.
+RSYSLOG_BY_DEFAULT = {"ubuntu-20.04": True, "ubuntu-22.04": True, "al2023": False}
 ROLES = ("controller", "worker")
 NODE_STATUSES = ("Running", "Pending", "ShuttingDown", "SystemUpdating", "Failure", "DeepHealthCheckInProgress")
 SLURM_STATES = ("idle", "drain", "down")
@@ -116,6 +123,23 @@ def mapping(fields: dict[str, Check], required: tuple[str, ...] = ()) -> Check:
     return check_mapping
 
 
+def run_as_user(value: Any, where: str) -> str:
+    """Session Manager does not support root as the Run-As user
+    (https://docs.aws.amazon.com/systems-manager/latest/userguide/session-preferences-run-as.html)."""
+    if value == "root":
+        raise problem(where, "Session Manager does not support root as the Run-As user")
+    return text(value, where)
+
+
+def seconds_window(value: Any, where: str) -> list[float]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise problem(where, f"must be [from, to] in seconds, not {value!r}")
+    start, end = (number(0)(item, f"{where}[{index}]") for index, item in enumerate(value))
+    if end <= start:
+        raise problem(where, f"must end after it starts, not {value!r}")
+    return [start, end]
+
+
 def times(value: Any, where: str) -> int | str:
     if value == "always":
         return value
@@ -134,19 +158,27 @@ SCENARIO_FAULTS = {
     "line_limit": optional(number(2, integer=True)),
     "s3_put_failures": list_of(S3_PUT_FAILURE),
     "session_drop_rate": number(0),
+    "mid_session_drop_rate": number(0),
+    "mid_session_drop_window": seconds_window,
+    # Session Manager preferences (they apply to sessions started afterwards, as idle_timeout does).
+    "run_as": optional(run_as_user),
+    "shell_profile": optional(text),
 }
 NODE_FAULTS = {
     "target_not_connected": boolean,
     "session_drop_after": optional(number(0, above=True)),
+    "session_drops": optional(number(1, integer=True)),
     "slow": number(0),
     "hang": list_of(text),
     "tmp_free_mb": optional(number(0, integer=True)),
 }
 # What a fault is when a scenario does not set it: real SSM's idle timeout and line limit, nothing else.
 SCENARIO_FAULT_DEFAULTS = {"start_session_rate": None, "idle_timeout": 1200, "line_limit": 4096, "s3_put_failures": [],
-                           "session_drop_rate": 0}
+                           "session_drop_rate": 0, "mid_session_drop_rate": 0, "mid_session_drop_window": [2, 60],
+                           "run_as": None, "shell_profile": None}
 NODE_FAULT_DEFAULTS = {
-    "target_not_connected": False, "session_drop_after": None, "slow": 0, "hang": [], "tmp_free_mb": None,
+    "target_not_connected": False, "session_drop_after": None, "session_drops": None, "slow": 0, "hang": [],
+    "tmp_free_mb": None,
 }
 NODE_SETTINGS = mapping(
     {
@@ -165,6 +197,8 @@ GROUP = mapping(
         "count": number(1, integer=True),
         "role": choice(*ROLES),
         "fixture": choice(*PACKS),
+        "os": choice(*DISTRIBUTIONS),
+        "rsyslog": boolean,
     },
     required=("name", "instance_type", "count"),
 )
@@ -174,6 +208,8 @@ SCENARIO = mapping(
         "type": choice(*CLUSTER_TYPES),
         "region": text,
         "shell": choice(*SHELLS),
+        "os": choice(*DISTRIBUTIONS),
+        "rsyslog": boolean,
         "bucket": text,
         "instance_groups": list_of(GROUP),
         "nodes": lambda value, where: value,  # checked against the groups in check_node_keys()
@@ -264,11 +300,20 @@ def check_pack_fits(pack: str, instance_type: str, where: str) -> None:
 
 
 def node_settings(scenario_nodes: dict[str, dict], group: dict, index: int) -> dict:
-    """One node's merged settings: its own entry over its group's, over the defaults."""
+    """One node's merged settings: its own entry over its group's, over the defaults.
+
+    `group` holds the group's name and fixture, and its distribution (os, rsyslog, shell) with the
+    scenario's own filled in where the group sets none (None: the distribution's default).
+    """
     entry = scenario_nodes.get(f"{group['name']}/{index}", {})
+    distribution = group.get("os") or DEFAULT_DISTRIBUTION
+    rsyslog = group.get("rsyslog")
     return {
         "status": entry.get("status", "Running"),
         "message": entry.get("message", ""),
+        "os": distribution,
+        "rsyslog": RSYSLOG_BY_DEFAULT[distribution] if rsyslog is None else rsyslog,
+        "shell": group.get("shell") or DISTRIBUTION_SHELLS[distribution],
         "fixture": entry.get("fixture", group.get("fixture", "healthy")),
         "slurm": entry.get("slurm", {}),
         "kubernetes": entry.get("kubernetes", {}),

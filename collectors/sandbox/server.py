@@ -12,6 +12,11 @@ the real services show them (docs/scenarios.md): ThrottlingException above a Sta
 TargetNotConnected for chosen nodes, S3 5xx errors for chosen keys. `GET|POST /_emu/faults` reads and
 changes the faults at run time; the server writes them to ROOT/faults.json for the session plugin and
 applies the faults that live on the nodes themselves (nodes.apply_node_faults).
+
+S3 requests are checked as S3 checks them before moto sees them (s3auth.py: SigV4 only, verified, in
+the bucket's region, unexpired, and allowed to the caller). A second listener serves the nodes'
+instance metadata (imds.py): the node role's temporary credentials, set by `POST /_emu/node-role`;
+server.json then also holds "imds_endpoint".
 """
 
 import argparse
@@ -32,6 +37,7 @@ from pathlib import Path
 import moto
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from moto.s3.models import s3_backends
 from moto.sagemaker import models as sagemaker_models
 from moto.sagemaker.exceptions import ValidationError
 from moto.sagemaker.responses import SageMakerResponse
@@ -39,7 +45,10 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from collectors.errors import SandboxError
+from collectors.sandbox.credentials import CredentialStore, node_role_statements
+from collectors.sandbox.imds import InstanceMetadataService
 from collectors.sandbox.nodes import apply_node_faults, write_json_atomically
+from collectors.sandbox.s3auth import S3Authenticator, S3Refusal, credential_scope, is_api_call, s3_error_response
 from collectors.sandbox.scenario import (
     NODE_FAULT_DEFAULTS,
     NODE_STATUSES,
@@ -296,15 +305,6 @@ def find_ssm_target_node(target: str, region: str):
 # The middleware: handlers answer what moto lacks, everything else goes to moto
 
 
-def credential_scope(request: Request) -> list[str]:
-    """[access key, date, region, service, "aws4_request"] from a SigV4 header, else []."""
-    authorization = request.headers.get("Authorization", "")
-    if "Credential=" not in authorization:
-        return []
-    scope = authorization.split("Credential=", 1)[1].split(",", 1)[0].split("/")
-    return scope if len(scope) == 5 else []
-
-
 def json_response(body, status: int = 200, content_type: str = "application/json") -> Response:
     return Response(json.dumps(body, default=str), status=status, content_type=content_type)
 
@@ -512,7 +512,8 @@ class S3UploadFailures:
         for number, rule in enumerate(rules):
             if key and rule["key_contains"] in key and self.fails_now((json.dumps(rules), number, key), rule):
                 request.get_data()
-                return s3_error(request, rule.get("status", 500))
+                status = rule.get("status", 500)
+                return s3_error_response(request, S3Refusal(status, *S3_ERRORS[status]))
         return None
 
     def fails_now(self, counted_as: tuple[str, int, str], rule: dict) -> bool:
@@ -525,25 +526,27 @@ class S3UploadFailures:
             return True
 
 
-def is_api_call(request: Request) -> bool:
-    """A JSON API call (SageMaker, SSM) or a signed call to a service other than S3 (EKS)."""
-    if request.headers.get("X-Amz-Target"):
-        return True
-    scope = credential_scope(request)
-    return bool(scope) and scope[3] != "s3"
+def bucket_region(name: str) -> str | None:
+    """The region moto created a bucket in (its LocationConstraint), None when there is no such bucket."""
+    bucket = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].buckets.get(name)
+    return bucket.region_name if bucket is not None else None
 
 
-def s3_error(request: Request, status: int) -> Response:
-    code, message = S3_ERRORS[status]
-    amz_id = secrets.token_hex(8).upper()
-    body = (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{code}</Code><Message>{message}</Message><RequestId>{amz_id}</RequestId>"
-        f"<HostId>{secrets.token_urlsafe(48)}</HostId></Error>"
-    )
-    response = Response(body, status=status, content_type="application/xml")
-    response.headers["x-amz-request-id"] = amz_id
-    return response
+class NodeRoleControl:
+    """POST /_emu/node-role {"role", "bucket", "prefix"}: the nodes' role, and the S3 prefix it may write under."""
+
+    def __init__(self, credentials: CredentialStore) -> None:
+        self.credentials = credentials
+
+    def handle(self, request: Request) -> Response | None:
+        if request.path != "/_emu/node-role" or request.method != "POST":
+            return None
+        role = json.loads(request.get_data() or b"{}")
+        if not all(isinstance(role.get(key), str) and role[key] for key in ("role", "bucket", "prefix")):
+            return json_response({"error": "role, bucket and prefix must be non-empty strings"}, 400)
+        statements = node_role_statements(role["bucket"], role["prefix"])
+        self.credentials.set_node_role(role["role"], statements)
+        return json_response({"role": role["role"], "allowed": [vars(statement) for statement in statements]})
 
 
 class NodeStatusControl:
@@ -573,7 +576,8 @@ class SandboxMiddleware:
     """Counts requests, lets each handler in turn answer, and passes the rest to moto.
 
     A handler returns a Response or None; it reads the request body only when it answers, because
-    moto reads the same WSGI input afterwards. Fault rules go first in `handlers`.
+    moto reads the same WSGI input afterwards (the S3 check, which hashes a signed body, hands moto a
+    copy). S3's own checks come before the fault rules, as S3 authenticates a request before anything else.
     """
 
     def __init__(self, moto_app, handlers: list[Handler], stats: RequestStats) -> None:
@@ -592,12 +596,13 @@ class SandboxMiddleware:
         return self.moto_app(environ, start_response)
 
 
-def build_app(root: Path) -> SandboxMiddleware:
+def build_app(root: Path, credentials: CredentialStore) -> SandboxMiddleware:
     stats = RequestStats()
     faults = FaultState(root)
     handlers = [
-        stats.handle, faults.handle, S3UploadFailures(faults).handle, SessionManager(faults).handle,
-        NodeStatusControl().handle,
+        stats.handle, faults.handle, S3Authenticator(credentials, bucket_region).handle,
+        S3UploadFailures(faults).handle, SessionManager(faults).handle, NodeStatusControl().handle,
+        NodeRoleControl(credentials).handle,
     ]
     return SandboxMiddleware(DomainDispatcherApplication(create_backend_app), handlers, stats)
 
@@ -607,12 +612,16 @@ def utc_now() -> str:
 
 
 def serve(root: Path) -> None:
-    server = make_server(LISTEN_HOST, 0, build_app(root), threaded=True)
+    credentials = CredentialStore()
+    server = make_server(LISTEN_HOST, 0, build_app(root, credentials), threaded=True)
+    imds = make_server(LISTEN_HOST, 0, InstanceMetadataService(credentials), threaded=True)
+    threading.Thread(target=imds.serve_forever, name="imds", daemon=True).start()
     # make_server has bound and is listening: connections queue until serve_forever accepts them.
     port = server.server_port
-    write_json_atomically(
-        root / "server.json", {"pid": os.getpid(), "port": port, "endpoint": f"http://{LISTEN_HOST}:{port}"}
-    )
+    write_json_atomically(root / "server.json", {
+        "pid": os.getpid(), "port": port, "endpoint": f"http://{LISTEN_HOST}:{port}",
+        "imds_endpoint": f"http://{LISTEN_HOST}:{imds.server_port}/",
+    })
     server.serve_forever()
 
 

@@ -67,6 +67,12 @@ FETCH = ('(. "$d/env" && printf \'url = "%s"\\n\' "$HPC_SCRIPT_URL" | '
 RUN_ATTACHED = '. "$1/env"; bash "$1/collector_script.sh"; rc=$?; rm -rf "$1"; exit $rc'
 RUN_DETACHED = ('. "$1/env"; bash "$1/collector_script.sh" >"$1.log" 2>&1; rc=$?; rm -rf "$1"; '
                 '[ "$rc" -ne 0 ] || rm -f "$1.log"; exit $rc')
+# Sessions are root shells unless the account's Session Manager preferences set Run-As: then the
+# script runs through `sudo -n` (never a password prompt), and a user without passwordless sudo is
+# told so instead of a half collection (as the SSH transport's node_command does for its users).
+AS_ROOT = ('r=; [ "$(id -u)" -eq 0 ] || r="sudo -n"; '
+           'if [ -n "$r" ] && ! sudo -n true 2>/dev/null; then rm -rf "$d"; n="noroot_$(id -un)"; ')
+NO_ROOT_RE = re.compile(r"^noroot_(.*)$")
 
 
 class Cancelled(Exception):
@@ -214,17 +220,20 @@ class Conversation:
         return self._launch_detached() if self.job.detached else self._run_attached()
 
     def _run_attached(self) -> SessionResult:
-        self.child.sendline(f"S=__hpc_; T=done_{self.nonce}__; if {FETCH}; then "
-                            f"sh -c {shlex.quote(RUN_ATTACHED)} hpc-collector \"$d\"; "
-                            f"else rm -rf \"$d\"; (exit {RC_FETCH_FAILED}); fi; "
-                            f'echo "$S$T:$?"')
-        failure = self._wait(self._marker("done", r"(\d+)"), self.timeouts.node_script, "script",
+        self.child.sendline(f"S=__hpc_; T=done_{self.nonce}__; {AS_ROOT}elif {FETCH}; then "
+                            f"$r sh -c {shlex.quote(RUN_ATTACHED)} hpc-collector \"$d\"; n=$?; "
+                            f"else rm -rf \"$d\"; n={RC_FETCH_FAILED}; fi; "
+                            f'echo "$S$T:$n"')
+        failure = self._wait(self._marker("done", r"(\d+|noroot_\S*)"), self.timeouts.node_script, "script",
                              keepalive=self.keepalive)
         if failure:
             return failure
-        rc = int(self.child.match.group(1))
+        answer = self.child.match.group(1)
         output = clean_output(self.child.before, self.hidden)
         self._exit_shell()
+        if NO_ROOT_RE.match(answer):
+            return self._no_root(NO_ROOT_RE.match(answer).group(1), "script", output)
+        rc = int(answer)
         if rc == RC_FETCH_FAILED:
             return self._result(SESSION_FETCH_FAILED, "script", "the node could not fetch the script from S3", output)
         return SessionResult(SESSION_OK, rc=rc, output=output, session_id=self.session_id,
@@ -235,18 +244,20 @@ class Conversation:
         # and a script that dies at once, e.g. on bad input, is caught within the short sleep)
         # while the script itself runs in a new session that outlives this one.
         self.child.sendline(
-            f"S=__hpc_; T=launched_{self.nonce}__; if {FETCH}; then "
-            f"setsid -w nohup sh -c {shlex.quote(RUN_DETACHED)} hpc-collector \"$d\" >/dev/null 2>&1 </dev/null & "
+            f"S=__hpc_; T=launched_{self.nonce}__; {AS_ROOT}echo \"$S$T:$n\"; elif {FETCH}; then "
+            f"setsid -w nohup $r sh -c {shlex.quote(RUN_DETACHED)} hpc-collector \"$d\" >/dev/null 2>&1 </dev/null & "
             f'p=$!; sleep 0.3; if kill -0 "$p" 2>/dev/null; then echo "$S$T:$p"; '
             f'else wait "$p"; r=$?; tail -n 5 "$d.log" 2>/dev/null; echo "$S$T:exited$r"; fi; '
             f'else rm -rf "$d"; echo "$S$T:fetch"; fi')
-        failure = self._wait(self._marker("launched", r"(\d+|exited\d+|fetch)"), self.timeouts.session_prompt,
-                             "launch")
+        failure = self._wait(self._marker("launched", r"(\d+|exited\d+|fetch|noroot_\S*)"),
+                             self.timeouts.session_prompt, "launch")
         if failure:
             return failure
         answer = self.child.match.group(1)
         output = clean_output(self.child.before, self.hidden)
         self._exit_shell()
+        if NO_ROOT_RE.match(answer):
+            return self._no_root(NO_ROOT_RE.match(answer).group(1), "launch", output)
         if answer == "fetch":
             return self._result(SESSION_FETCH_FAILED, "launch", "the node could not fetch the script from S3", output)
         if answer.startswith("exited"):
@@ -256,6 +267,11 @@ class Conversation:
                                     f"the node script exited at once with {rc}: {last_line(output)}", output)
             return SessionResult(SESSION_LAUNCHED, rc=rc, output=output, session_id=self.session_id)
         return SessionResult(SESSION_LAUNCHED, pid=int(answer), output=output, session_id=self.session_id)
+
+    def _no_root(self, user: str, step: str, output: str) -> SessionResult:
+        return self._result(SESSION_EXITED_EARLY, step,
+                            f"the session runs as {user} (Session Manager Run-As), not root, and `sudo -n` cannot make "
+                            f"it root: give {user} passwordless sudo, or turn Run-As off", output)
 
     def _marker(self, name: str, value: str) -> re.Pattern:
         return re.compile(rf"__hpc_{name}_{self.nonce}__:{value}")

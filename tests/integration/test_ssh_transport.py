@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import boto3
+import botocore.config
 import pytest
 
 from collectors.sandbox import GroupSpec, SandboxSpec
@@ -340,7 +341,8 @@ def test_a_stopped_sshd_and_a_refused_host_key_are_recorded_as_unreachable(clust
 
 def served_script(status: dict, env: dict, name: str, text: str) -> str:
     s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
+                      aws_access_key_id="testing", aws_secret_access_key="testing",
+                      config=botocore.config.Config(signature_version="s3v4"))  # S3 refuses SigV2 URLs
     key = f"ssh-transport-tests/{name}"
     s3.put_object(Bucket=status["bucket"], Key=key, Body=text.encode())
     return s3.generate_presigned_url("get_object", Params={"Bucket": status["bucket"], "Key": key}, ExpiresIn=3600)

@@ -1,0 +1,77 @@
+"""`upload_mode: awscli` on sandbox nodes: the real AWS CLI, with the node role's credentials from the
+node's instance metadata (IMDSv2), allowed to write under the cluster's reports prefix and nowhere else.
+
+A one-node EKS sandbox; one whole collection through the real `invoke` command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collectors.sandbox import SandboxSpec
+from tests.integration.sandbox_sessions import client
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def one_node(sandbox_factory):
+    return sandbox_factory(SandboxSpec.simple(type="eks", nodes=1))
+
+
+def node_aws(sandbox, node: dict, *args: str) -> subprocess.CompletedProcess:
+    """`aws ...` in a node's shell environment, as the node script runs it."""
+    return sandbox.node_exec(node["instance_id"], ["aws", *args])
+
+
+def collect(env: dict, runs: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """`invoke collect --upload-mode awscli ...`, and the run's state file."""
+    full_env = dict(os.environ, **env, INVOKE_HYPERPOD_RUNS_DIR=str(runs), INVOKE_HYPERPOD_POLL_INTERVAL="1")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        full_env.pop(name, None)
+    result = subprocess.run([sys.executable, "-m", "invoke", "collect", "--upload-mode", "awscli", *args],
+                            cwd=PROJECT, env=full_env, capture_output=True, text=True, timeout=300)
+    return result, json.loads((runs / env["INVOKE_HYPERPOD_CLUSTER"] / "latest" / "state.json").read_text())
+
+
+def test_a_collection_in_awscli_mode_uploads_each_tarball_with_the_node_role(one_node, tmp_path):
+    sandbox, status, env = one_node
+    node = status["nodes"][0]
+    result, state = collect(env, tmp_path / "inside")
+    assert result.returncode == 0, result.stderr
+    assert state["nodes"][node["instance_id"]]["status"] == "ok"
+    key = f"{state['s3']['run_prefix']}/instances/{node['group']}_{node['instance_id']}.tar.gz"
+    assert client(status, "s3").head_object(Bucket=status["bucket"], Key=key)["ContentLength"] > 0
+    # Under a prefix the role may not write to, the node's `aws s3 cp` is refused and the node says so;
+    # the operator's own writes there (script, preflight) still pass.
+    result, state = collect(env, tmp_path / "outside", "--s3-path", f"s3://{status['bucket']}/elsewhere")
+    assert result.returncode == 1
+    outcome = state["nodes"][node["instance_id"]]
+    assert (outcome["status"], outcome["error_kind"]) == ("failed", "upload_failed"), outcome
+    assert "the tarball is kept on the node" in outcome["error"]
+
+
+def test_the_node_role_may_not_write_outside_the_clusters_prefix(one_node):
+    sandbox, status, _ = one_node
+    node = status["nodes"][0]
+    inside = f"s3://{status['bucket']}/hyperpod-issue-reports/{status['cluster']}/probe/hostname"
+    written = node_aws(sandbox, node, "s3", "cp", "/etc/hostname", inside)
+    assert written.returncode == 0, written.stderr
+    outside = node_aws(sandbox, node, "s3", "cp", "/etc/hostname", f"s3://{status['bucket']}/elsewhere/hostname")
+    assert outside.returncode == 1 and "(AccessDenied) when calling the PutObject operation" in outside.stderr
+    read_back = node_aws(sandbox, node, "s3", "cp", inside, "-")  # the role may write its results, not read them
+    assert read_back.returncode == 1 and "Forbidden" in read_back.stderr
+
+
+def test_node_shells_find_no_keys_of_the_hosts(one_node):
+    """Only the instance metadata gives the node its credentials: none from the environment or files."""
+    sandbox, status, _ = one_node
+    where = node_aws(sandbox, status["nodes"][0], "configure", "list")
+    assert where.returncode == 0, where.stderr
+    assert "iam-role" in where.stdout and "testing" not in where.stdout
