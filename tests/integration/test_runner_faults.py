@@ -186,3 +186,32 @@ def test_attached_sessions_outlive_the_idle_timeout_by_keeping_alive(cluster, fa
                     INVOKE_HYPERPOD_SESSION_ATTEMPTS="1")
     assert silent.returncode == 1
     assert run_state(tmp_path / "silent", status)["nodes"][node]["status"] not in COLLECTED
+
+
+def test_after_kill_9_mid_session_the_recorded_launch_keeps_the_script_from_running_twice(cluster, faults, tmp_path):
+    """The launch is in the state before the session types anything; killed mid-session, the orchestrator
+    leaves the node's script to finish (its session hung up, it packages what it has and uploads). The
+    resumed run finds that launch's result and does not collect the node a second time."""
+    sandbox, status, env = cluster
+    target = status["nodes"][1]["instance_id"]
+    full_env = dict(os.environ, **env, INVOKE_HYPERPOD_RUNS_DIR=str(tmp_path), INVOKE_HYPERPOD_POLL_INTERVAL="1")
+    full_env.pop("AWS_PROFILE", None)
+    first = subprocess.Popen([sys.executable, "-m", "invoke", "collect", "--no-download", "--nodes", target,
+                              "--session-mode", "attached", "--command", "sleep 20"], cwd=PROJECT, env=full_env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    transcript = tmp_path / status["cluster"] / "latest" / "transcripts" / f"{target}.log"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and first.poll() is None and (
+                not transcript.exists() or "command_01" not in transcript.read_text()):
+            time.sleep(0.2)  # until the node script is at work in the session
+    finally:
+        first.kill()
+        first.wait()
+    recorded = run_state(tmp_path, status)["nodes"][target]
+    assert recorded["status"] == "pending" and len(recorded["launches"]) == 1, recorded
+    resumed = invoke(env, tmp_path, "run", "--session-mode", "attached")
+    assert resumed.returncode == 0, resumed.stderr
+    node = run_state(tmp_path, status)["nodes"][target]
+    # No second launch: the first one's result (waited for, or found done) is the node's.
+    assert node["status"] in COLLECTED and node["launches"] == recorded["launches"], node
