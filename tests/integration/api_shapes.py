@@ -110,7 +110,8 @@ class Checker:
         return found
 
     def members(self, shape: dict, present: set[str], where: str) -> list[str]:
-        found = [f"{where}.{name}: not a member of the model's shape" for name in sorted(present - shape["members"].keys())]
+        unknown = sorted(present - shape["members"].keys())
+        found = [f"{where}.{name}: not a member of the model's shape" for name in unknown]
         body_required = [name for name in shape.get("required", []) if self.in_body(shape["members"][name])]
         found += [f"{where}.{name}: required by the model, missing" for name in body_required if name not in present]
         return found
@@ -210,7 +211,8 @@ class RestXmlChecker(Checker):
         children: dict[str, list[ElementTree.Element]] = {}
         for child in element:
             children.setdefault(local(child.tag), []).append(child)
-        found = [f"{where}.{tag}: not a member of the model's shape" for tag in sorted(children.keys() - by_xml_name.keys())]
+        unknown = sorted(children.keys() - by_xml_name.keys())
+        found = [f"{where}.{tag}: not a member of the model's shape" for tag in unknown]
         found += self.members(shape, {by_xml_name[tag] for tag in children if tag in by_xml_name}, where)
         for tag, elements in children.items():
             if tag not in by_xml_name:
@@ -218,8 +220,9 @@ class RestXmlChecker(Checker):
             name = by_xml_name[tag]
             member, member_shape = shape["members"][name], self.shapes[shape["members"][name]["shape"]]
             if member_shape["type"] == "list" and (member.get("flattened") or member_shape.get("flattened")):
+                item_shape = member_shape["member"]["shape"]
                 found += [problem for index, item in enumerate(elements)
-                          for problem in self.element(member_shape["member"]["shape"], item, f"{where}.{name}[{index}]")]
+                          for problem in self.element(item_shape, item, f"{where}.{name}[{index}]")]
             elif len(elements) > 1:
                 found.append(f"{where}.{name}: {len(elements)} elements, the model has one")
             else:
@@ -262,7 +265,9 @@ def parse_scalar(shape: dict, text: str, location: str) -> Any:
         if kind == "timestamp":
             # rest-xml: ISO 8601 in bodies, RFC 822 (HTTP date) in headers, unless the shape says otherwise.
             form = shape.get("timestampFormat", "rfc822" if location == "header" else "iso8601")
-            return parsedate_to_datetime(text) if form == "rfc822" else datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if form == "rfc822":
+                return parsedate_to_datetime(text)
+            return datetime.fromisoformat(text.replace("Z", "+00:00"))
         if kind == "blob":
             return text if is_base64(text) else None
         return text
