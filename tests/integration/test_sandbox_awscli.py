@@ -71,12 +71,14 @@ def test_the_node_role_may_not_write_outside_the_clusters_prefix(one_node):
     assert read_back.returncode == 1 and "Forbidden" in read_back.stderr
 
 
-def test_node_shells_find_no_keys_of_the_hosts(one_node):
-    """Only the instance metadata gives the node its credentials: none from the environment or files."""
+def test_the_nodes_aws_finds_its_role_and_no_keys_of_the_hosts_whatever_the_shell(one_node):
+    """Only the instance metadata gives the node its credentials, also from an empty environment (an
+    SSH session's, sudo's), and never the one at 169.254.169.254."""
     sandbox, status, _ = one_node
-    where = node_aws(sandbox, status["nodes"][0], "configure", "list")
-    assert where.returncode == 0, where.stderr
-    assert "iam-role" in where.stdout and "testing" not in where.stdout
+    for argv in (["aws", "configure", "list"], ["/usr/bin/env", "-i", "/usr/local/bin/aws", "configure", "list"]):
+        where = sandbox.node_exec(status["nodes"][0]["instance_id"], argv)
+        assert where.returncode == 0, where.stderr
+        assert "iam-role" in where.stdout and "testing" not in where.stdout
 
 
 def test_a_nodes_curl_is_refused_a_sigv2_url_and_given_a_sigv4_one(one_node):
