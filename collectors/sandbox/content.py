@@ -550,35 +550,42 @@ class LogSources:
 
 
 def node_logs(node: Node, sources: LogSources) -> NodeLogs:
-    started_at, templates = sources.cluster.started_at, sources.templates
     units, base = sources.units_and_boot(node)
-    distribution = DISTRIBUTIONS[node.os]
     variables = {**node_variables(node), **distribution_variables(node)}
     tokens = node_log_tokens(node)
-    now_events = sorted(base + pack_events(node), key=lambda event: event.uptime)
-    entries = []
-    for boot_id, booted in node_boots(node, started_at):
-        events = now_events if boot_id == host_boot_id() else base
-        for event in events:
-            at = booted + timedelta(seconds=event.uptime)
-            entries.append(export_entry(journal_fields(event, node_message(event, variables, tokens), at, boot_id,
-                                                       node, units)))
-    booted = boot_time(started_at)
-    lines = [(event, node_message(event, variables, tokens)) for event in now_events]
+    this_boot = sorted(base + pack_events(node), key=lambda event: event.uptime)
+    lines = [(event, node_message(event, variables, tokens)) for event in this_boot]
     files = {relative: fill_tokens(string.Template(template).safe_substitute(variables), tokens)
-             for relative, template in templates.items()}
-    agent_lines = event_lines(started_at, packs.agent_events(node.pack), "{iso} {text}")
+             for relative, template in sources.templates.items()}
+    agent_lines = event_lines(sources.cluster.started_at, packs.agent_events(node.pack), "{iso} {text}")
     if agent_lines:
         files["aws/clusters/sagemaker-cluster-agent.log"] += fill_tokens("\n".join(agent_lines), tokens) + "\n"
     if node.rsyslog:
-        everything = [syslog_line(booted + timedelta(seconds=event.uptime), node.hostname, event, message,
-                                  distribution.kernel_stamps) for event, message in lines]
-        kernel = [text for (event, _), text in zip(lines, everything) if event.identifier == "kernel"]
-        # Ubuntu's rsyslog: everything in syslog, the kernel's in kern.log too; Amazon Linux's: messages.
-        for name in distribution.rsyslog_files:
-            files[name] = "\n".join(kernel if name == "kern.log" else everything) + "\n"
+        files.update(rsyslog_files(node, boot_time(sources.cluster.started_at), lines))
     kmsg = "".join(f"[{event.uptime:12.6f}] {message}\n" for event, message in lines if event.identifier == "kernel")
-    return NodeLogs(files=files, journal_export="".join(entries), kmsg=kmsg)
+    journal = journal_export(node, sources.cluster.started_at, units, base, this_boot, variables, tokens)
+    return NodeLogs(files=files, journal_export=journal, kmsg=kmsg)
+
+
+def rsyslog_files(node: Node, booted: datetime, lines: list[tuple[LogEvent, str]]) -> dict[str, str]:
+    """Ubuntu's rsyslog: everything in syslog, the kernel's in kern.log too; Amazon Linux's: messages."""
+    distribution = DISTRIBUTIONS[node.os]
+    everything = [syslog_line(booted + timedelta(seconds=event.uptime), node.hostname, event, message,
+                              distribution.kernel_stamps) for event, message in lines]
+    kernel = [text for (event, _), text in zip(lines, everything) if event.identifier == "kernel"]
+    return {name: "\n".join(kernel if name == "kern.log" else everything) + "\n" for name in distribution.rsyslog_files}
+
+
+def journal_export(node: Node, started_at: datetime, units: list[list[str]], base: list[LogEvent],
+                   this_boot: list[LogEvent], variables: dict[str, str], tokens: dict[str, str]) -> str:
+    """Every boot's entries, oldest first: earlier boots had the same boot messages, this one its pack's too."""
+    entries = []
+    for boot_id, booted in node_boots(node, started_at):
+        for event in this_boot if boot_id == host_boot_id() else base:
+            at = booted + timedelta(seconds=event.uptime)
+            message = node_message(event, variables, tokens)
+            entries.append(export_entry(journal_fields(event, message, at, boot_id, node, units)))
+    return "".join(entries)
 
 
 # ---------------------------------------------------------------------------------------------

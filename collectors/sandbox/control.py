@@ -29,7 +29,6 @@ from collectors.sandbox.services import start_node_services, stop_node_services
 from collectors.sandbox.content import ClusterFacts, Node, stand_in_kind
 from collectors.sandbox.credentials import FAKE_CREDENTIALS
 from collectors.sandbox.entry import (
-    NODE_AWS_CONFIG,
     is_same_process,
     node_shell_env,
     nsenter_command,
@@ -62,6 +61,8 @@ ACCOUNT_ID = "123456789012"  # moto's default account
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder that holds `collectors/`
 SERVER_START_TIMEOUT_S = 30.0
 SERVER_STOP_TIMEOUT_S = 5.0
+# In each node (its own /opt): where the sandbox's S3 and instance metadata are, for the node's `aws`.
+NODE_AWS_CONFIG = "/opt/sandbox-aws/config"
 
 
 @dataclass
@@ -291,9 +292,21 @@ def plugin_wrapper(root: Path) -> str:
 
 
 def node_aws_cli() -> str:
+    """The node's `aws`: the real AWS CLI (the host's awscli), where a HyperPod node has it.
+
+    Whatever shell runs it (an SSM session, sshd, sudo's reset environment), it reads the node's
+    config: the sandbox's S3 and instance metadata, both on loopback. Node shells disable the
+    instance metadata for every other SDK (entry.node_shell_env); this one's is not 169.254.169.254.
+    Without the config it refuses to run, so it can never send a request to AWS itself.
+    """
     return (
         "#!/bin/sh\n"
-        "# The real AWS CLI (the host's awscli), where a HyperPod node has it: /usr/local/bin.\n"
+        "# The real AWS CLI, pointed at the sandbox (collectors/sandbox/control.py, node_aws_cli).\n"
+        f"config={NODE_AWS_CONFIG}\n"
+        '[ -r "$config" ] || { echo "aws: $config is missing: this sandbox node cannot reach S3" >&2; exit 255; }\n'
+        "AWS_CONFIG_FILE=$config AWS_SHARED_CREDENTIALS_FILE=/dev/null\n"
+        "export AWS_CONFIG_FILE AWS_SHARED_CREDENTIALS_FILE\n"
+        "unset AWS_EC2_METADATA_DISABLED\n"
         f"exec {shell_quote(sys.executable)} -m awscli \"$@\"\n"
     )
 

@@ -9,8 +9,6 @@ import os
 from pathlib import Path
 
 NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# The node's AWS config (control.give_nodes_aws): the sandbox's S3 and instance metadata, on loopback.
-NODE_AWS_CONFIG = "/opt/sandbox-aws/config"
 
 
 def in_user_namespace() -> bool:
@@ -27,13 +25,11 @@ def nsenter_command(init_pid: int) -> list[str]:
 def node_shell_env(term: str) -> list[str]:
     """`env -i ...` for a node shell: what an SSM root shell gets, nothing from the caller.
 
-    Absolute paths, so the node's `slow` shims slow down what the shell runs, not its own start. The
-    AWS CLI reads the node's own config (its instance metadata is on loopback, never 169.254.169.254)
-    and no keys file: the host's ~/.aws is not the node's.
+    Absolute paths, so the node's `slow` shims slow down what the shell runs, not its own start.
     """
     return [
         "/usr/bin/env", "-i", f"PATH={NODE_PATH}", "HOME=/root", "USER=root", "LOGNAME=root", "SHELL=/bin/sh",
-        f"TERM={term}", "LANG=C.UTF-8", f"AWS_CONFIG_FILE={NODE_AWS_CONFIG}", "AWS_SHARED_CREDENTIALS_FILE=/dev/null",
+        f"TERM={term}", "LANG=C.UTF-8", "AWS_EC2_METADATA_DISABLED=true",
     ]
 
 

@@ -404,17 +404,23 @@ def check_payload(request: Request, signed: Signed) -> None:
 # for Amazon S3"; "Multipart upload and permissions")
 
 
+# The action of a request this table does not map (an object's ACL, a bucket's policy...): no statement
+# here names it, so only the operator, who may do everything, is allowed it.
+UNMAPPED_ACTION = "s3:Unmapped"
+
+
 def iam_action(request: Request, key: str) -> str:
-    """The IAM action a request needs; sub-resources this table does not know need one nobody is given."""
+    """The IAM action a request needs."""
     names = {name for name, _ in query_pairs(raw_path_and_query(request)[1])}
     method = request.method
     if key:
         if "uploadId" in names:
-            return {"GET": "s3:ListMultipartUploadParts", "DELETE": "s3:AbortMultipartUpload"}.get(method, "s3:PutObject")
+            on_upload = {"GET": "s3:ListMultipartUploadParts", "DELETE": "s3:AbortMultipartUpload"}
+            return on_upload.get(method, "s3:PutObject")  # UploadPart, CompleteMultipartUpload
         if names & {"acl", "tagging", "retention", "legal-hold", "restore", "torrent", "attributes"}:
-            return "s3:Unlisted"
+            return UNMAPPED_ACTION
         return {"GET": "s3:GetObject", "HEAD": "s3:GetObject", "PUT": "s3:PutObject", "POST": "s3:PutObject",
-                "DELETE": "s3:DeleteObject"}.get(method, "s3:Unlisted")
+                "DELETE": "s3:DeleteObject"}.get(method, UNMAPPED_ACTION)
     if method == "GET" and "location" in names:
         return "s3:GetBucketLocation"
     if method == "GET" and "uploads" in names:
@@ -422,7 +428,7 @@ def iam_action(request: Request, key: str) -> str:
     if (method == "GET" and names <= {"list-type", "prefix", "delimiter", "encoding-type", "max-keys", "marker",
                                       "continuation-token", "start-after", "fetch-owner"}) or method == "HEAD":
         return "s3:ListBucket"
-    return "s3:Unlisted"
+    return UNMAPPED_ACTION
 
 
 def resource_arn(bucket: str, key: str) -> str:

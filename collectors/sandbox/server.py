@@ -48,7 +48,14 @@ from collectors.errors import SandboxError
 from collectors.sandbox.credentials import CredentialStore, node_role_statements
 from collectors.sandbox.imds import InstanceMetadataService
 from collectors.sandbox.nodes import apply_node_faults, write_json_atomically
-from collectors.sandbox.s3auth import S3Authenticator, S3Refusal, credential_scope, is_api_call, s3_error_response
+from collectors.sandbox.s3auth import (
+    S3Authenticator,
+    S3Refusal,
+    credential_scope,
+    is_api_call,
+    is_s3_request,
+    s3_error_response,
+)
 from collectors.sandbox.scenario import (
     NODE_FAULT_DEFAULTS,
     NODE_STATUSES,
@@ -572,6 +579,18 @@ class NodeStatusControl:
         return json_response(node_instance_status(node))
 
 
+# Request headers moto copies into its S3 answers; S3 never sends them (no output shape has them).
+ECHOED_REQUEST_HEADERS = {"x-amz-content-sha256", "x-amz-sdk-checksum-algorithm"}
+
+
+def without_echoed_request_headers(start_response):
+    def start(status, headers, exc_info=None):
+        kept = [(name, value) for name, value in headers if name.lower() not in ECHOED_REQUEST_HEADERS]
+        return start_response(status, kept, exc_info)
+
+    return start
+
+
 class SandboxMiddleware:
     """Counts requests, lets each handler in turn answer, and passes the rest to moto.
 
@@ -593,6 +612,8 @@ class SandboxMiddleware:
             response = handler(request)
             if response is not None:
                 return response(environ, start_response)
+        if is_s3_request(request):
+            start_response = without_echoed_request_headers(start_response)
         return self.moto_app(environ, start_response)
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from collectors.sandbox import SandboxSpec
-from tests.conftest import require
 from collectors.sandbox.nodes import journal_remote
+from tests.conftest import require
 
 PROJECT = Path(__file__).resolve().parents[2]
 COLLECTED = {"ok", "ok_with_errors"}

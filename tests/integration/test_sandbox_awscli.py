@@ -1,5 +1,6 @@
-"""`upload_mode: awscli` on sandbox nodes: the real AWS CLI, with the node role's credentials from the
-node's instance metadata (IMDSv2), allowed to write under the cluster's reports prefix and nowhere else.
+"""A node's own way to S3: `upload_mode: awscli` with the real AWS CLI and the node role's credentials
+from the node's instance metadata (IMDSv2), allowed to write under the cluster's reports prefix and
+nowhere else; and the node's curl meeting S3's refusal of SigV2 URLs.
 
 A one-node EKS sandbox; one whole collection through the real `invoke` command line.
 """
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import boto3
 import pytest
 
 from collectors.sandbox import SandboxSpec
@@ -69,9 +71,24 @@ def test_the_node_role_may_not_write_outside_the_clusters_prefix(one_node):
     assert read_back.returncode == 1 and "Forbidden" in read_back.stderr
 
 
-def test_node_shells_find_no_keys_of_the_hosts(one_node):
-    """Only the instance metadata gives the node its credentials: none from the environment or files."""
+def test_the_nodes_aws_finds_its_role_and_no_keys_of_the_hosts_whatever_the_shell(one_node):
+    """Only the instance metadata gives the node its credentials, also from an empty environment (an
+    SSH session's, sudo's), and never the one at 169.254.169.254."""
     sandbox, status, _ = one_node
-    where = node_aws(sandbox, status["nodes"][0], "configure", "list")
-    assert where.returncode == 0, where.stderr
-    assert "iam-role" in where.stdout and "testing" not in where.stdout
+    for argv in (["aws", "configure", "list"], ["/usr/bin/env", "-i", "/usr/local/bin/aws", "configure", "list"]):
+        where = sandbox.node_exec(status["nodes"][0]["instance_id"], argv)
+        assert where.returncode == 0, where.stderr
+        assert "iam-role" in where.stdout and "testing" not in where.stdout
+
+
+def test_a_nodes_curl_is_refused_a_sigv2_url_and_given_a_sigv4_one(one_node):
+    sandbox, status, env = one_node
+    operator = client(status, "s3")  # SigV4
+    operator.put_object(Bucket=status["bucket"], Key="scripts/probe.sh", Body=b"echo probe\n")
+    sigv2 = boto3.client("s3", endpoint_url=status["endpoint"], region_name=status["region"],
+                         aws_access_key_id="testing", aws_secret_access_key="testing")  # botocore's default
+    node = status["nodes"][0]
+    for s3, rc, answer in ((sigv2, 22, "The requested URL returned error: 400"), (operator, 0, "echo probe")):
+        url = s3.generate_presigned_url("get_object", Params={"Bucket": status["bucket"], "Key": "scripts/probe.sh"})
+        fetched = sandbox.node_exec(node["instance_id"], ["curl", "-fsS", "--noproxy", "*", url])
+        assert fetched.returncode == rc and answer in fetched.stderr + fetched.stdout, fetched

@@ -125,7 +125,8 @@ def test_a_node_fetches_and_uploads_with_sigv4_presigned_urls(aws):
     assert (status, body) == (200, "#!/bin/bash\necho hi\n")
     status, _, _ = curl(presign(s3(aws), "put_object", bucket, "instances/n.tar.gz"), "-T", __file__)
     assert status == 200
-    assert s3(aws).head_object(Bucket=bucket, Key="instances/n.tar.gz")["ContentLength"] == Path(__file__).stat().st_size
+    uploaded = s3(aws).head_object(Bucket=bucket, Key="instances/n.tar.gz")
+    assert uploaded["ContentLength"] == Path(__file__).stat().st_size
 
 
 def test_the_tools_own_calls_pass_with_boto3_and_the_aws_cli(aws, tmp_path):
@@ -204,7 +205,8 @@ def test_sigv2_signed_headers_are_refused(aws):
 def test_a_url_presigned_for_another_region_names_the_buckets_region(aws):
     put(aws, "eu.txt", bucket=OTHER_BUCKET)
     status, _, body = curl(presign(s3(aws), "get_object", OTHER_BUCKET, "eu.txt"))
-    assert (status, error(body)["Code"], error(body)["Region"]) == (400, "AuthorizationQueryParametersError", OTHER_REGION)
+    assert (status, error(body)["Code"]) == (400, "AuthorizationQueryParametersError")
+    assert error(body)["Region"] == OTHER_REGION
     assert error(body)["Message"] == ("Error parsing the X-Amz-Credential parameter; the region 'us-west-2' is wrong; "
                                       f"expecting '{OTHER_REGION}'")
     assert curl(presign(s3(aws, OTHER_REGION), "get_object", OTHER_BUCKET, "eu.txt"))[0] == 200

@@ -18,6 +18,7 @@ from werkzeug.wrappers import Request
 
 from collectors.sandbox.credentials import Credential, Statement, node_role_statements
 from collectors.sandbox.s3auth import (
+    UNMAPPED_ACTION,
     S3Refusal,
     canonical_uri,
     check_signature,
@@ -146,7 +147,7 @@ def test_an_anonymous_request_has_no_signature():
     ("GET", "/b?list-type=2&prefix=p", "s3:ListBucket"),
     ("HEAD", "/b", "s3:ListBucket"),                           # HeadBucket
     ("GET", "/b?location", "s3:GetBucketLocation"),
-    ("PUT", "/b/k?acl", "s3:Unlisted"),
+    ("PUT", "/b/k?acl", UNMAPPED_ACTION),
 ])
 def test_each_request_needs_the_iam_action_s3_asks_for(method, uri, action):
     key = uri.split("?")[0].removeprefix("/b").lstrip("/")
