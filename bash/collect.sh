@@ -512,7 +512,8 @@ hpc_upload_presigned() {
     curl -fsS --retry 3 --retry-connrefused --connect-timeout 10 --max-time "$max_s" \
       --retry-max-time "$max_s" -X PUT -T "$HPC_TARBALL" -o /dev/null --config - 2>"$err" || rc=$?
   if ((rc != 0)); then
-    hpc_progress "upload failed (curl rc=$rc): $(hpc_scrub_urls <"$err")"
+    HPC_UPLOAD_ERROR="upload failed (curl rc=$rc): $(hpc_scrub_urls <"$err")"
+    hpc_progress "$HPC_UPLOAD_ERROR"
     return 1
   fi
   hpc_progress "uploaded $HPC_TARBALL_NAME"
@@ -528,7 +529,8 @@ hpc_upload_awscli() {
     -- "$HPC_TARBALL" "$destination" \
     </dev/null >/dev/null 2>"$err" {HPC_LOCK_FD}>&- || rc=$?
   if ((rc != 0)); then
-    hpc_progress "upload failed (aws s3 cp rc=$rc): $(hpc_scrub_urls <"$err")"
+    HPC_UPLOAD_ERROR="upload failed (aws s3 cp rc=$rc): $(hpc_scrub_urls <"$err")"
+    hpc_progress "$HPC_UPLOAD_ERROR"
     return 1
   fi
   hpc_progress "uploaded $HPC_TARBALL_NAME with aws s3 cp"
@@ -590,7 +592,8 @@ hpc_finish() {
   fi
   [[ $HPC_DELIVERY == keep ]] || HPC_KEPT=$kept
   hpc_report_status "done" "\"status\":\"$status\",\"rc\":$code,\"items\":$HPC_ITEMS,\"failed_items\":$HPC_FAILED_ITEMS,\"skipped_items\":$HPC_SKIPPED_ITEMS,\"bytes\":$bytes,\"sha256\":\"$sha\",\"tarball\":\"${HPC_TARBALL_NAME:-}\",\"kept\":$(
-    if [[ -n $kept ]]; then hpc_json_string "$kept"; else printf null; fi),\"started\":\"$HPC_STARTED\",\"finished\":\"$(hpc_utc_now)\""
+    if [[ -n $kept ]]; then hpc_json_string "$kept"; else printf null; fi),\"error\":$(
+    if [[ -n ${HPC_UPLOAD_ERROR:-} ]]; then hpc_json_string "${HPC_UPLOAD_ERROR:0:500}"; else printf null; fi),\"started\":\"$HPC_STARTED\",\"finished\":\"$(hpc_utc_now)\""
   printf 'HPC_RESULT status=%s rc=%s items=%s failed_items=%s skipped_items=%s bytes=%s sha256=%s tarball=%s%s\n' \
     "$status" "$code" "$HPC_ITEMS" "$HPC_FAILED_ITEMS" "$HPC_SKIPPED_ITEMS" "$bytes" "$sha" "${HPC_TARBALL_NAME:-}" \
     "${kept:+ kept=$(hpc_result_path "$kept")}"

@@ -357,8 +357,9 @@ class NodeCollector:
         if status not in ("ok", "ok_with_errors") or rc not in (RC_OK, RC_ITEM_ERRORS, None):
             kind = "upload_failed" if status == "upload_failed" or rc == RC_UPLOAD_FAILED else "script_failed"
             where = f"; the tarball is kept on the node at {kept}" if kept else ""
+            said = f": {report['error']}" if report.get("error") else ""
             return {"status": FAILED, "error_kind": kind, "kept": kept,
-                    "error": f"node script ended {status or 'without a result'} (rc {rc}){where}"}
+                    "error": f"node script ended {status or 'without a result'} (rc {rc}){said}{where}"}
         claimed = int(report.get("bytes", -1))
         if found != claimed:
             return {"status": FAILED, "error_kind": "upload_failed",

@@ -584,6 +584,9 @@ def test_refused_upload_keeps_the_tarball_on_the_node_and_the_url_secret(s3, tmp
     report_files(kept.read_bytes())
     status = status_object(s3, status_key)
     assert status["status"] == "upload_failed" and status["rc"] == 4 and status["kept"] == str(kept)
+    # What S3 said reaches the orchestrator (the run's state and summary), not only the node's log.
+    assert status["error"].startswith("upload failed (curl rc=22)") and "403" in status["error"]
+    assert "0badc0ffee" not in status["error"]
 
 
 def test_a_later_delivery_removes_the_tarballs_kept_for_this_node_and_no_others(s3, tmp_path, failing_endpoint):

@@ -194,7 +194,8 @@ def test_unhealthy_nodes_are_skipped_and_lost_nodes_fail_with_a_retry_hint(sandb
     assert nodes[healthy["instance_id"]]["status"] == "ok"
     assert "--retry-failed" in result.stderr
     retry = invoke(env, tmp_path, "run", "--retry-failed")
-    assert retry.returncode == 0  # the run stage records outcomes; summarize judges them
+    assert retry.returncode == 1  # still not collected: the run stage says so, as collect and summarize do
+    assert "0 of 1 node(s) collected (1 failed)" in retry.stderr and "--retry-failed" in retry.stderr
     again = latest_state(tmp_path, status["cluster"])["nodes"][lost["instance_id"]]
     assert again["status"] == "failed" and again["attempts"] >= 1
 

@@ -141,12 +141,11 @@ def test_a_relaunch_never_takes_an_earlier_launchs_status_as_its_own(cluster, fa
     assert first.returncode == 1
     assert run_state(tmp_path, status)["nodes"][node["instance_id"]]["error_kind"] == "upload_failed"
 
-    faults.set_faults(s3_put_failures=None)
-    faults.set_node_faults(node["instance_id"], slow=1.0)  # the new launch is slow to write its own status
-    try:
-        again = invoke(env, tmp_path, "run", "--retry-failed")
-    finally:
-        faults.set_node_faults(node["instance_id"], slow=None)
+    # The new launch's first status report ("running", three tries of curl) is refused: meanwhile the
+    # S3 object is still the first launch's "done, upload_failed".
+    status_key = f"status/{node['group']}_{node['instance_id']}.json"
+    faults.set_faults(s3_put_failures=[{"key_contains": status_key, "times": 3}])
+    again = invoke(env, tmp_path, "run", "--retry-failed")
     assert again.returncode == 0, again.stderr
     record = run_state(tmp_path, status)["nodes"][node["instance_id"]]
     assert record["status"] in COLLECTED and record["bytes"] > 0, record
