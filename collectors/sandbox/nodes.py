@@ -181,6 +181,9 @@ def prepare_node_dir(root: Path, node: Node, sources: LogSources, users: list[Us
     logs = node_logs(node, sources)
     for relative, text in logs.files.items():
         (directory / "varlog" / relative).write_text(text)
+    for rotated in logs.rotated:
+        (directory / "varlog" / rotated.name).write_bytes(rotated.data)
+        os.utime(directory / "varlog" / rotated.name, (rotated.mtime, rotated.mtime))
     (directory / JOURNAL_EXPORT).write_text(logs.journal_export)
     (root / "shared" / stand_in_kind(node) / ".sandbox" / "kmsg" / node.hostname).write_text(logs.kmsg)
     (directory / "machine-id").write_text(node.machine_id + "\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -93,6 +94,15 @@ def test_log_files_are_the_distributions_own(collected):
         assert b"kernel: [    0.000000] Linux version" in files["kern.log"]
     if "messages" in files:
         assert b" kernel: Linux version 6.1." in files["messages"] and b"systemd[1]: Started " in files["messages"]
+
+
+def test_rotated_logs_within_the_window_are_taken(collected):
+    """The boot 2 days ago is in logrotate's first rotation (syslog.1, kern.log.1; AL2023: messages-DATE),
+    taken; the one 10 days ago (syslog.2.gz, ...) is outside the 3-day window."""
+    rotated = {name.split("/", 1)[1] for name in collected["files"] if name.startswith("rotated_logs/")}
+    expected = {re.sub(r"^messages$", "messages-DATE", name) + ("" if name == "messages" else ".1")
+                for name in collected["rsyslog_files"]}
+    assert {re.sub(r"-\d{8}$", "-DATE", name) for name in rotated} == expected
 
 
 def test_journal_items_hold_the_nodes_journal_within_the_window(collected):
