@@ -11,11 +11,12 @@
 # must leave alone in tests/fixtures/redaction/; README.md says how to add one.
 #
 # Speed (bench/redact.py): like gitleaks and trufflehog, every rule names the words any
-# match of it holds, and one grep for those words (about as fast as reading the file)
-# finds the candidate lines. Only those run the rules, in order; a file with no change is
-# left as it was, and one with a few changed lines gets them spliced in by line number.
-# A rule's replacement never matches any rule again, so the count of a file, markers
-# added on its changed lines, is exact; the counts go to the manifest.
+# match of it holds; a grep for those words (big files in parts, one per CPU), then a
+# grep for each rule's quick form, find the candidate lines, and only those run the rules,
+# in order. A file with no change is left as it was; one with a few changed lines gets
+# them spliced in by line number. A rule's replacement never matches any rule again, so
+# the count of a file, markers added on its changed lines, is exact; the counts go to the
+# manifest.
 
 # The secret-bearing key names of `KEY=value`, `KEY: value`, `"KEY": "value"`: the key
 # must end with one of these words (StoragePass, aws_secret_access_key, SessionToken,
@@ -44,9 +45,9 @@ readonly HPC_PEM_MARKER='<REDACTED PRIVATE KEY>'
 
 # The catalogue, in the order rules run: name, flags ("i": ignore case, "-": none), the
 # words every match holds ('|' between them; lowercase, found ignoring case, letters,
-# digits and ` ._:/=-` only), regex, sed replacement. Keyed forms run before shapes, so
-# `token: eyJ...` keeps its key and says <REDACTED>; a specific shape (a GitHub token)
-# says which kind it was.
+# digits and ` ._:/=-` only), regex, sed replacement. AWS structures and URL credentials
+# run first, keyed forms next and shapes last, so `token: eyJ...` keeps its key and says
+# <REDACTED>; a specific shape (a GitHub token) says which kind it was.
 HPC_BUILTIN_RULES=(
   # Private keys collapsed onto one line (JSON strings, `\n` escapes), also cut short: then
   # up to the quote that ends the string.
@@ -132,17 +133,16 @@ hpc_check_redact_patterns() {
   done <<<"${HPC_REDACT_PATTERNS:-}"
 }
 
-readonly HPC_QUICK_COUNT=8
-# Sets HPC_QUICK to REGEX with every counted repeat X{n,m} made X{k,}, k at most
-# HPC_QUICK_COUNT: it matches wherever REGEX does, and sed's DFA runs it at full speed.
-# Counts over the same characters in many rules at once ({34}, {36,}, {40}, {64} over
-# [A-Za-z0-9]) would multiply its states on every hex id and digest.
+# Sets HPC_QUICK to REGEX with every counted repeat X{n,m} made X{k,}, k at most 8: it
+# matches wherever REGEX does, and grep's DFA runs all of them at once at full speed.
+# Counts over the same characters in many rules ({34}, {36,}, {40}, {64} over [A-Za-z0-9])
+# would multiply its states on every hex id and digest.
 hpc_quick_pattern() {
-  local rest=$1 count
+  local rest=$1 count max=8
   HPC_QUICK=""
   while [[ $rest =~ ^(([^{]|\{[^0-9])*)\{([0-9]+)(,[0-9]*)?\}(.*)$ ]]; do
     count=${BASH_REMATCH[3]}
-    ((count <= HPC_QUICK_COUNT)) || count=$HPC_QUICK_COUNT
+    ((count <= max)) || count=$max
     HPC_QUICK+="${BASH_REMATCH[1]}{$count,}"
     rest=${BASH_REMATCH[5]}
   done
@@ -211,7 +211,7 @@ hpc_catalogue_words() {
 # (the rules on such lines), redact.sed (the rules on a whole file, and keys written over
 # several lines) and redact.functions.
 hpc_prepare_redaction() {
-  local work=$1 i pattern own=() anchors=()
+  local work=$1 i pattern own=() quick=()
   # sed scripts name files under WORK (`w`, `R`): a newline would end the name.
   [[ $work != *$'\n'* ]] || hpc_bad_input "the work folder's name holds a newline"
   while IFS= read -r pattern; do
@@ -229,9 +229,9 @@ hpc_prepare_redaction() {
       hpc_rule_regex "$i"
       hpc_quick_pattern "$HPC_RULE_REGEX"
       # A line's start comes after grep's "N:".
-      anchors+=("${HPC_QUICK//(^|/(^[0-9]+:|}")
+      quick+=("${HPC_QUICK//(^|/(^[0-9]+:|}")
     done
-    printf '%s\n' "${HPC_PEM_BLOCK_BEGIN}" "${anchors[@]}" >"$work/redact.quick"
+    printf '%s\n' "${HPC_PEM_BLOCK_BEGIN}" "${quick[@]}" >"$work/redact.quick"
   fi
   hpc_write_line_rules ${own[@]+"${own[@]}"} >"$work/redact.lines.sed"
   hpc_write_file_rules ${own[@]+"${own[@]}"} >"$work/redact.sed"

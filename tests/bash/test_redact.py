@@ -55,17 +55,19 @@ def load_cases() -> list[Case]:
     return cases
 
 
-def catalogue() -> list[tuple[str, str, str]]:
-    """(name, flags, words) of every built-in rule, in order, as redact.sh declares them."""
+def catalogue() -> list[tuple[str, str, str, str]]:
+    """(name, flags, words, regex) of every built-in rule, in order, as redact.sh declares them."""
     script = (f'source {BASH_DIR}/lib.sh; source {BASH_DIR}/redact.sh; r=("${{HPC_BUILTIN_RULES[@]}}"); '
-              'for ((i = 0; i < ${#r[@]}; i += 5)); do printf "%s\\t%s\\t%s\\n" "${r[i]}" "${r[i + 1]}" "${r[i + 2]}"; done')
+              'for ((i = 0; i < ${#r[@]}; i += 5)); do printf "%s\\t" "${r[@]:i:4}"; printf "\\n"; done')
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, env=NODE_ENV).stdout
-    return [tuple(row.split("\t")) for row in out.splitlines()]
+    return [tuple(row.split("\t")[:4]) for row in out.splitlines()]
 
 
 CASES = load_cases()
 RULES = catalogue()
-RULE_NAMES = [name for name, _, _ in RULES]
+RULE_NAMES = [name for name, *_ in RULES]
+# A bracket expression of an ERE, [:classes:] and a leading ] included.
+BRACKET_RE = re.compile(r"\[\^?\]?(?:[^\]\[]|\[:[a-z]+:\]|\[)*\]")
 
 
 def run_redaction(work: Path, paths: list[Path], *, only: str | None = None, patterns: str = "",
@@ -119,9 +121,21 @@ def test_every_rule_has_lines_to_redact_and_lines_to_keep():
 
 def test_rule_words_are_plain_lowercase_text():
     # grep -i takes them as they are; only `.` needs escaping in a regex (redact.any).
-    for name, flags, words in RULES:
+    for name, flags, words, _ in RULES:
         assert flags in ("i", "-"), name
         assert re.fullmatch(r"[a-z0-9 ._:/=-]+(\|[a-z0-9 ._:/=-]+)*", words), f"{name}: {words!r}"
+
+
+def test_rule_regexes_keep_the_forms_the_fast_paths_rely_on():
+    """Case-blind rules spell letters as [Xx] outside brackets only, so their brackets must hold
+    both cases; quick forms run on grep -n's "N:LINE", so a line start may only be `(^|`."""
+    for name, flags, _, regex in RULES:
+        brackets = BRACKET_RE.findall(regex.replace("\\\\", ""))
+        if flags == "i":
+            for bracket in brackets:
+                assert ("A-Z" in bracket) == ("a-z" in bracket), f"{name}: {bracket} holds one case"
+        outside = BRACKET_RE.sub("", regex.replace("\\\\", ""))
+        assert outside.count("^") == outside.count("(^|"), f"{name}: a ^ other than (^|"
 
 
 @pytest.mark.parametrize("rule", RULE_NAMES)
