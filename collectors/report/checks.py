@@ -399,9 +399,9 @@ def merged_by_key(hits: list[Hit]) -> list[Hit]:
     merged = []
     for group in by_key.values():
         evidence = [item for hit in group for item in hit.evidence]
+        count = sum(max(hit.count, 1) for hit in group)
         first = gathered(group)
-        first.count = sum(max(hit.count, 1) for hit in group)
-        first.evidence = evidence[:3]
+        first.count, first.evidence = count, evidence[:3]
         merged.append(first)
     return merged
 
