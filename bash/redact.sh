@@ -398,16 +398,15 @@ hpc_redact_whole() {
   sed -E -f "$work/redact.sed" -- "$in" >"$out" 2>"$changes"
 }
 
-# Redacts one file in place (a .gz file through its uncompressed text); prints the count.
-# A file with nothing to redact stays as it was.
+# Redacts one file in place (a gzip file through its uncompressed text; a .gz that is not
+# gzip as the text it is); prints the count. A file with nothing to redact stays as it was.
 hpc_redact_file() {
   local work=$1 file=$2 tmp=$1/tmp/redact count
   rm -rf -- "$tmp"
   mkdir -p -- "$tmp" || return 1
-  if [[ $file == *.gz ]]; then
+  if [[ $file == *.gz && $(head -c 2 -- "$file" | od -An -tx1) == " 1f 8b" ]]; then
     # A damaged .gz still gives its readable start; that part is what gets shipped.
     gzip -dc -- "$file" >"$tmp/plain" 2>/dev/null
-    [[ -s $tmp/plain ]] || return 1
     count=$(hpc_redact_stream "$work" "$tmp/plain" "$tmp/clean") || return 1
     if [[ -f $tmp/clean ]]; then
       gzip -c -- "$tmp/clean" >"$tmp/result" || return 1

@@ -283,10 +283,13 @@ def test_gz_files_are_redacted_through_their_text(tmp_path):
     # read (a first look that stopped early once cut gzip short and took the file for clean).
     rotated = b"app: password=fake-early\n" + b"".join(ordinary(n) for n in range(40_000))
     clean = gzip.compress(b"nothing to see\n" * 1000)
-    out = redact(tmp_path, {"kern.log.1.gz": gzip.compress(rotated), "clean.gz": clean})
+    # A .gz that is not gzip (a tool's half-written file) is redacted as the text it is.
+    out = redact(tmp_path, {"kern.log.1.gz": gzip.compress(rotated), "clean.gz": clean,
+                            "partial.log.gz": b"token=fake-partial\n"})
     data, count = out["kern.log.1.gz"]
     assert gzip.decompress(data) == rotated.replace(b"fake-early", b"<REDACTED>") and count == 1
     assert out["clean.gz"] == (clean, 0)
+    assert out["partial.log.gz"] == (b"token=<REDACTED>\n", 1)
 
 
 def test_a_file_with_nothing_to_redact_is_not_rewritten(tmp_path):
