@@ -55,12 +55,16 @@ hpc_items_gpu() {
   hpc_item nvidia_smi_nvlink_errors nvidia_smi_nvlink_errors.txt needs=nvidia-smi tool=nvidia-smi
   hpc_item fabricmanager fabricmanager.txt \
     'needs=/dev/nvidia-nvswitchctl|/proc/driver/nvidia-nvswitch|/var/log/fabricmanager.log'
+  hpc_item dcgm_discovery dcgm_discovery.txt needs=dcgmi
+  hpc_item dcgm_health dcgm_health.txt needs=dcgmi
 }
 
 # Slow, optional: nvidia-bug-report.sh takes minutes on a node with 8 GPUs.
+# A DCGM level-1 diagnostic is active (it runs tests on the GPUs), so it is off unless asked for.
 hpc_items_slow_common() {
   hpc_item nvidia_bug_report nvidia_bug_report/ when=HPC_NVIDIA_BUG_REPORT \
     needs=nvidia-bug-report.sh limit=HPC_NVIDIA_BUG_REPORT_TIMEOUT
+  hpc_item dcgm_diag dcgm_diag.txt when=HPC_DCGM_DIAG needs=dcgmi
 }
 
 item_instance_group() {
@@ -211,6 +215,24 @@ item_fabricmanager() {
     printf '\n== /var/log/fabricmanager.log\n'
     hpc_cat_capped /var/log/fabricmanager.log
   fi
+}
+
+# DCGM's list of the GPUs and NVSwitches it manages (dcgmi asks nv-hostengine; an engine that does
+# not answer is a finding of its own).
+item_dcgm_discovery() {
+  dcgmi discovery -l
+}
+
+# The background health watches set on this node and what they found. Only reads: setting watches
+# is the operator's choice, and `health -c` knows nothing where none are set (dcgmi-health(1)).
+item_dcgm_health() {
+  hpc_section "health watches" dcgmi health -f
+  hpc_section "health check" dcgmi health -c
+}
+
+# Level 1 (quick: deployment and software checks, seconds) of the active diagnostic, dcgmi-diag(1).
+item_dcgm_diag() {
+  dcgmi diag -r 1
 }
 
 # Every device, then the GPUs (NVIDIA, 10de) and Amazon devices (1d0f: EFA, ENA, NVMe)

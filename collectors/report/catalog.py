@@ -25,6 +25,8 @@ SEVERITIES = ("critical", "high", "warning", "info")
 SOURCES = ("node", "kubectl", "state", "fleet")
 FACT_TAKES = ("first", "count", "distinct", "sum")
 RULE_ID_RE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")
+# A cause in consequence_of: a rule id, or a glob over rule ids, optionally with `:key` (a glob too).
+CAUSE_RE = re.compile(r"^[a-z0-9_*]+(\.[a-z0-9_*]+)+(?::.+)?$")
 CONDITION_RE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?\d+(?:\.\d+)?)\s*$")
 COMPARE = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
            ">": operator.gt, "<": operator.lt}
@@ -76,6 +78,12 @@ class Rule:
     same_as: tuple[str, str | None] | None = None
     # The capture that names the GPU: the first key seen per GPU is its root cause, later ones fallout.
     first_per_gpu: str | None = None
+    # Finding ids (globs: gpu.xid:48, disk.full, fs.*) whose fault this rule's finding is a consequence
+    # of, by this rule's key (a glob; "*" when the catalog gave one list for every key): on a node (and
+    # GPU, where both name one) that has one of them, this finding folds under it.
+    consequence_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # A node with this finding is out of service (drained, down, replaced) whatever the severity says.
+    node_unavailable: bool = False
     _ranks: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def file_rank(self, path: str) -> int:
@@ -84,6 +92,11 @@ class Rule:
             self._ranks[path] = next((i for i, glob in enumerate(self.files) if fnmatch.fnmatchcase(path, glob)),
                                      len(self.files))
         return self._ranks[path]
+
+    def consequences(self, key: str | None) -> tuple[str, ...]:
+        """The causes this rule's finding with `key` may be a consequence of."""
+        return next((causes for pattern, causes in self.consequence_of.items()
+                     if fnmatch.fnmatchcase(key or "", pattern)), ())
 
     def describe(self, key: str | None, case: str | None = None, override: dict[str, str] | None = None
                  ) -> dict[str, str]:
@@ -164,6 +177,7 @@ def parse(raw: Any, where: str = "catalog") -> Catalog:
             raise UsageError(f"{where}: rule id {rule.id} is used twice")
         seen.add(rule.id)
     _check_same_as(rules, where)
+    _check_consequences(rules, where)
     facts = [_fact(item, where) for item in _list(raw, "facts", where)]
     if len({fact.name for fact in facts}) != len(facts):
         raise UsageError(f"{where}: a fact name is used twice")
@@ -183,7 +197,8 @@ def _rule(item: dict, where: str) -> Rule:
         raise UsageError(f"{where}: rule id {rule_id!r} must be dotted lower-case words (gpu.xid)")
     here = f"{where}: rule {rule_id}"
     _known_keys(item, {"id", "title", "severity", "source", "files", "pattern", "exclude", "when", "csv", "key",
-                       "test", "params", "cases", "meaning", "action", "same_as", "first_per_gpu"}, here)
+                       "test", "params", "cases", "meaning", "action", "same_as", "first_per_gpu", "consequence_of",
+                       "node_unavailable"}, here)
     for name in TEXT_FIELDS:
         if not isinstance(item.get(name), str) or not item[name].strip():
             raise UsageError(f"{here}: needs a non-empty `{name}`")
@@ -211,7 +226,9 @@ def _rule(item: dict, where: str) -> Rule:
                 literals=required_literals(pattern) if pattern is not None else None,
                 exclude=_regex(item.get("exclude"), here, "exclude"), conditions=conditions, csv=csv, key=key,
                 test=item.get("test"), params=dict(item.get("params") or {}), cases=_cases(item.get("cases"), here),
-                same_as=_same_as(item.get("same_as"), here), first_per_gpu=item.get("first_per_gpu"))
+                same_as=_same_as(item.get("same_as"), here), first_per_gpu=item.get("first_per_gpu"),
+                consequence_of=_consequence_of(item.get("consequence_of"), here),
+                node_unavailable=_flag(item.get("node_unavailable", False), here, "node_unavailable"))
     if rule.first_per_gpu is not None and (pattern is None or rule.key is None
                                            or rule.first_per_gpu not in pattern.groupindex):
         raise UsageError(f"{here}: first_per_gpu needs a pattern with a key and a named group of that name")
@@ -315,6 +332,37 @@ def _same_as(value: Any, here: str) -> tuple[str, str | None] | None:
         raise UsageError(f"{here}: same_as must name a rule, as gpu.xid or gpu.xid:79")
     rule_id, _, key = value.partition(":")
     return rule_id, key or None
+
+
+def _consequence_of(value: Any, here: str) -> dict[str, tuple[str, ...]]:
+    """A list of causes for every key, or a mapping of key globs to lists (first match wins)."""
+    if value is None:
+        return {}
+    by_key = {"*": value} if isinstance(value, list) else value
+    if not isinstance(by_key, dict) or not by_key:
+        raise UsageError(f"{here}: consequence_of must be a list of causes or map keys to lists of causes")
+    for key, causes in by_key.items():
+        if not isinstance(causes, list) or not causes or not all(isinstance(c, str) and CAUSE_RE.match(c)
+                                                                 for c in causes):
+            raise UsageError(f"{here}: consequence_of {key!r} must list finding ids or globs (gpu.xid:48, disk.full)")
+    return {str(key): tuple(causes) for key, causes in by_key.items()}
+
+
+def _flag(value: Any, here: str, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"{here}: {name} must be true or false")
+    return value
+
+
+def _check_consequences(rules: list[Rule], where: str) -> None:
+    """Every cause a rule names must be a rule of the catalog, and no rule may name itself."""
+    ids = {rule.id for rule in rules}
+    for rule in rules:
+        for cause in (cause for causes in rule.consequence_of.values() for cause in causes):
+            cause_rule = cause.split(":", 1)[0]
+            if not any(fnmatch.fnmatchcase(known, cause_rule) for known in ids - {rule.id}) and cause_rule != rule.id:
+                raise UsageError(f"{where}: rule {rule.id}: consequence_of {cause!r} names no other rule of the "
+                                 f"catalog")
 
 
 def _check_same_as(rules: list[Rule], where: str) -> None:

@@ -19,6 +19,7 @@ from collectors.state import RESULTS_DIR, utc_now
 REPORT_SCHEMA_VERSION = 1
 # Severities that make a node "not healthy" in the counts; info findings are records, not trouble.
 TROUBLE = ("critical", "high", "warning")
+SEVERITY_ORDER = {severity: rank for rank, severity in enumerate(SEVERITIES)}
 FLEET_FACTS = ("driver", "cuda", "kernel", "efa_installer", "efa_driver", "gpus", "efa_devices")
 
 
@@ -71,7 +72,10 @@ def cluster_summary(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def node_summary(view: RunView, findings: list[Finding]) -> dict[str, Any]:
-    troubled = {ref for finding in findings if finding.severity in TROUBLE for ref in finding.nodes}
+    # A drained, down or failing node is out of service even when the reason's severity is info.
+    unavailable = {ref for finding in findings for ref, node in finding.nodes.items()
+                   if finding.node_unavailable or any(other.node_unavailable for other, _ in node.also_seen)}
+    troubled = {ref for finding in findings if finding.severity in TROUBLE for ref in finding.nodes} | unavailable
     collected = {iid for iid, scan in view.scans.items() if not scan.error}
     statuses = Counter(node.get("status", "pending") for node in view.nodes.values())
     groups: dict[str, dict[str, Any]] = defaultdict(lambda: {"nodes": 0, "instance_types": set()})
@@ -86,12 +90,24 @@ def node_summary(view: RunView, findings: list[Finding]) -> dict[str, Any]:
         "collected": len(collected),
         "status_counts": dict(sorted(statuses.items())),
         "healthy": len(collected - troubled),
+        "unavailable": len(unavailable),
+        "unavailable_set": nodeset.fold(sorted(node_names(view, unavailable))),
         "with_findings": {severity: len({ref for f in findings if f.severity == severity for ref in f.nodes})
                           for severity in SEVERITIES},
         "findings_by_severity": {severity: severities.get(severity, 0) for severity in SEVERITIES},
         "groups": {name: {"nodes": group["nodes"], "instance_types": sorted(group["instance_types"])}
                    for name, group in sorted(groups.items())},
     }
+
+
+def node_names(view: RunView, refs: set[str]) -> list[str]:
+    """Host names where known (instance ids otherwise), for folded node sets."""
+    names = []
+    for ref in refs:
+        scan = view.scans.get(ref)
+        names.append((view.nodes.get(ref) or {}).get("hostname") or (scan.facts.get("hostname") if scan else None)
+                     or ref)
+    return names
 
 
 def node_index(view: RunView) -> dict[str, dict[str, Any]]:
@@ -133,7 +149,21 @@ def finding_document(finding: Finding, view: RunView) -> dict[str, Any]:
         "node_set": nodeset.fold(row["hostname"] or row["instance_id"] for row in nodes),
         "by_group": dict(sorted(by_group.items())),
         "nodes": nodes,
+        "also_seen": also_seen(finding, view),
     }
+
+
+def also_seen(finding: Finding, view: RunView) -> list[dict[str, Any]]:
+    """The consequences folded under this finding, each once, with the nodes it was seen on."""
+    seen: dict[str, dict[str, Any]] = {}
+    for ref, node in finding.nodes.items():
+        for other, _ in node.also_seen:
+            entry = seen.setdefault(other.id, {"id": other.id, "title": other.title, "severity": other.severity,
+                                               "refs": set()})
+            entry["refs"].add(ref)
+    return [{"id": entry["id"], "title": entry["title"], "severity": entry["severity"],
+             "node_count": len(entry["refs"]), "node_set": nodeset.fold(sorted(node_names(view, entry["refs"])))}
+            for entry in sorted(seen.values(), key=lambda e: (SEVERITY_ORDER[e["severity"]], e["id"]))]
 
 
 def fleet_summary(view: RunView) -> dict[str, dict[str, dict[str, int]]]:

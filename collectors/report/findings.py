@@ -7,6 +7,7 @@ from another node's view (sinfo -R); both end up as the same node here.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,6 +26,9 @@ class NodeFinding:
     evidence: list[Evidence]
     first_on: list[str] = field(default_factory=list)
     after: dict[str, str] = field(default_factory=dict)
+    gpus: list[str] = field(default_factory=list)
+    # Consequences of this fault seen on the node, folded here: (finding, its entry for this node).
+    also_seen: list[tuple["Finding", "NodeFinding"]] = field(default_factory=list)
 
 
 @dataclass
@@ -36,6 +40,8 @@ class Finding:
     meaning: str
     action: str
     nodes: dict[str, NodeFinding] = field(default_factory=dict)
+    consequence_of: tuple[str, ...] = ()
+    node_unavailable: bool = False
 
     @property
     def id(self) -> str:
@@ -97,10 +103,12 @@ def build_findings(catalog: Catalog, view: RunView) -> list[Finding]:
         rule_id, key = rule.same_as if rule.same_as else (hit.rule, hit.key)
         finding = findings.get((rule_id, key))
         if finding is None:
-            text = catalog.rule(rule_id).describe(key) if rule.same_as else rule.describe(key, hit.case, hit.override)
-            finding = findings[rule_id, key] = Finding(rule=rule_id, key=key, **text)
+            owner = catalog.rule(rule_id)
+            text = owner.describe(key) if rule.same_as else rule.describe(key, hit.case, hit.override)
+            finding = findings[rule_id, key] = Finding(rule=rule_id, key=key, consequence_of=owner.consequences(key),
+                                                       node_unavailable=owner.node_unavailable, **text)
         add_node(finding, ref, hit)
-    return sorted(findings.values(), key=Finding.sort_key)
+    return sorted(fold_consequences(list(findings.values())), key=Finding.sort_key)
 
 
 def add_node(finding: Finding, ref: str, hit: Hit) -> None:
@@ -108,14 +116,64 @@ def add_node(finding: Finding, ref: str, hit: Hit) -> None:
     known = finding.nodes.get(ref)
     if known is None:
         finding.nodes[ref] = NodeFinding(ref, hit.count, list(hit.evidence[:EVIDENCE_PER_NODE]), list(hit.first_on),
-                                         dict(hit.after))
+                                         dict(hit.after), sorted(hit.gpus))
         return
     known.count = max(known.count, hit.count)
     known.first_on = sorted(set(known.first_on) | set(hit.first_on))
+    known.gpus = sorted(set(known.gpus) | set(hit.gpus))
     known.after.update(hit.after)
     texts = {item.text for item in known.evidence}
     fresh = [item for item in hit.evidence if item.text not in texts]
     known.evidence += fresh[:EVIDENCE_PER_NODE - len(known.evidence)]
+
+
+def fold_consequences(findings: list[Finding]) -> list[Finding]:
+    """One fault, one finding: on each node, a finding that is a consequence of another one there
+    (its rule's `consequence_of`; on the same GPU where both name GPUs) moves under that finding's
+    root cause, whose severity and action stand for the fault. A finding left without nodes is gone."""
+    by_node: dict[str, list[Finding]] = {}
+    for finding in findings:
+        for ref in finding.nodes:
+            by_node.setdefault(ref, []).append(finding)
+    for ref, present in by_node.items():
+        roots = root_causes(present, ref)
+        for finding in present:
+            root = roots[finding.id]
+            if root is not finding:
+                entry = finding.nodes.pop(ref)
+                root.nodes[ref].also_seen.append((finding, entry))
+    return [finding for finding in findings if finding.nodes]
+
+
+def root_causes(present: list[Finding], ref: str) -> dict[str, Finding]:
+    """For each finding on the node, the finding its chain of causes ends at (itself when it has no
+    cause there). A chain that comes back on itself (Xid 45 and Xid 154 each follow "any Xid") ends
+    where it would close, so two findings never fold under each other."""
+    roots: dict[str, Finding] = {}
+    for finding in present:
+        path: list[Finding] = []
+        current = finding
+        while current.id not in roots:
+            path.append(current)
+            passed = {item.id for item in path}
+            cause = next((other for other in present if other.id not in passed and caused_by(current, other, ref)),
+                         None)
+            if cause is None:
+                roots[current.id] = current
+                break
+            current = cause
+        for item in path:
+            roots[item.id] = roots[current.id]
+    return roots
+
+
+def caused_by(consequence: Finding, cause: Finding, ref: str) -> bool:
+    # rule:key patterns name one finding; a bare rule (or rule glob) names every key of it.
+    if not any(fnmatch.fnmatchcase(cause.id if ":" in pattern else cause.rule, pattern)
+               for pattern in consequence.consequence_of):
+        return False
+    ours, theirs = consequence.nodes[ref].gpus, cause.nodes[ref].gpus
+    return not ours or not theirs or bool(set(ours) & set(theirs))
 
 
 def drop_truncated(catalog: Catalog, placed: list[tuple[str, Hit]]) -> list[tuple[str, Hit]]:
@@ -151,5 +209,9 @@ def finding_nodes(finding: Finding, view: RunView) -> list[dict[str, Any]]:
             # Per GPU: where this was the first (the root cause), and where another came first.
             **({"first_on_gpus": node.first_on} if node.first_on else {}),
             **({"after_on_gpus": node.after} if node.after else {}),
+            **({"gpus": node.gpus} if node.gpus else {}),
+            **({"also_seen": [{"id": other.id, "title": other.title, "severity": other.severity, "count": entry.count,
+                               "evidence": [item.as_dict() for item in entry.evidence[:1]]}
+                              for other, entry in node.also_seen]} if node.also_seen else {}),
         })
     return sorted(rows, key=lambda row: (row["group"] or "~", row["hostname"] or "", row["instance_id"] or ""))

@@ -2,15 +2,62 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 EVIDENCE_CHARS = 400
+# A PCI address as the tools print a GPU's: nvidia-smi 00000000:53:00.0, NVRM's Xid lines 0000:53:00,
+# lspci 53:00.0 (no domain), DCGM and the kernel 0000:53:00.0.
+PCI_ADDRESS_RE = re.compile(r"^(?:(?P<domain>[0-9A-Fa-f]{4,8}):)?(?P<bus>[0-9A-Fa-f]{2}):(?P<device>[0-9A-Fa-f]{2})"
+                            r"(?:\.[0-7])?$")
 
 
 def decode(raw: bytes) -> str:
     """Bundle text as str: logs may hold any bytes, and a bad byte must not lose the line."""
     return raw.decode("utf-8", errors="replace")
+
+
+# nvidia-smi writes some flags as words: remapped_rows.pending and .failure are "Yes"/"No" on some
+# drivers and 0/1 on others (tests/fixtures/realworld has both).
+CSV_WORDS = {b"yes": 1.0, b"no": 0.0, b"active": 1.0, b"not active": 0.0}
+
+
+def csv_number(cell: bytes) -> float | None:
+    """A CSV cell as a number: decimal, hexadecimal bitmask (0x...), or a yes/no word; None otherwise."""
+    text = cell.strip().lower()
+    if text in CSV_WORDS:
+        return CSV_WORDS[text]
+    try:
+        return float(int(text, 16)) if text.startswith(b"0x") else float(text)
+    except ValueError:
+        return None
+
+
+class CsvRows:
+    """`nvidia-smi --format=csv` rows by column name; the header names carry units (`power.draw [W]`)."""
+
+    def __init__(self) -> None:
+        self.columns: list[str] | None = None
+
+    def feed(self, line: bytes) -> dict[str, bytes] | None:
+        cells = [cell.strip() for cell in line.split(b",")]
+        if self.columns is None:
+            self.columns = [decode(cell).split(" [", 1)[0] for cell in cells]
+            return None
+        if len(cells) != len(self.columns):
+            return None  # an error message instead of a row
+        return dict(zip(self.columns, cells))
+
+
+def gpu_id(address: str | None) -> str | None:
+    """One spelling for a GPU's PCI address (domain:bus:device, lower case), so that what nvidia-smi,
+    the driver's Xid lines and lspci say of one GPU can be matched; None for anything else."""
+    match = PCI_ADDRESS_RE.match((address or "").strip())
+    if not match:
+        return None
+    domain = (match["domain"] or "0")[-4:].rjust(4, "0")
+    return f"{domain}:{match['bus']}:{match['device']}".lower()
 
 
 @dataclass
@@ -54,6 +101,9 @@ class Hit:
     # others, the key that came before it there.
     first_on: list[str] = field(default_factory=list)
     after: dict[str, str] = field(default_factory=dict)
+    # The GPUs (gpu_id) the hit is about, where its source names them: one fault folds another
+    # only on the same GPU.
+    gpus: list[str] = field(default_factory=list)
 
     def identity(self) -> tuple[str, str | None, str | None]:
         return self.rule, self.key, self.subject

@@ -21,7 +21,7 @@ from typing import IO, Iterator
 
 from collectors.report.catalog import Catalog, CsvSpec, Fact, Rule
 from collectors.report.checks import NODE_TESTS, NodeTest
-from collectors.report.model import Evidence, Hit, NodeScan, decode
+from collectors.report.model import CsvRows, Evidence, Hit, NodeScan, csv_number, decode, gpu_id
 
 BLOCK_BYTES = 1 << 20
 # tarfile's stream buffer: measured best at 16 KB. Smaller is more Python calls per read; larger
@@ -225,34 +225,14 @@ def match_csv_row(rule: Rule, row: dict[str, bytes], number: int, line: bytes, f
     if value is None or not all(condition.holds(value) for condition in rule.conditions):
         return
     key = decode(row.get(rule.csv.key_column, b"")).strip() or None if rule.csv.key_column else None
-    file_hits.add(rule.id, key, number, line)
+    file_hits.add(rule.id, key, number, line, gpu=key if gpu_id(key) else None, order=False)
 
 
 def csv_sum(spec: CsvSpec, row: dict[str, bytes]) -> float | None:
     """The summed columns, or None when none holds a number ([N/A], [Not Supported])."""
-    values = []
-    for column in spec.sum_columns:
-        try:
-            values.append(float(row.get(column, b"")))
-        except ValueError:
-            continue
+    values = [number for number in (csv_number(row.get(column, b"")) for column in spec.sum_columns)
+              if number is not None]
     return sum(values) if values else None
-
-
-class CsvRows:
-    """`nvidia-smi --format=csv` rows by column name; the header names carry units (`power.draw [W]`)."""
-
-    def __init__(self) -> None:
-        self.columns: list[str] | None = None
-
-    def feed(self, line: bytes) -> dict[str, bytes] | None:
-        cells = [cell.strip() for cell in line.split(b",")]
-        if self.columns is None:
-            self.columns = [decode(cell).split(" [", 1)[0] for cell in cells]
-            return None
-        if len(cells) != len(self.columns):
-            return None  # an error message instead of a row
-        return dict(zip(self.columns, cells))
 
 
 class FileHits:
@@ -265,14 +245,22 @@ class FileHits:
         self.first_key: dict[tuple[str, str], str] = {}  # (rule, GPU) -> the key seen first there
         self.gpus: dict[tuple, set[str]] = {}  # (rule, key) -> the GPUs it was seen on
 
-    def add(self, rule_id: str, key: str | None, number: int, line: bytes, gpu: str | None = None) -> None:
+    def add(self, rule_id: str, key: str | None, number: int, line: bytes, gpu: str | None = None,
+            order: bool = True) -> None:
+        """`order`: whether the rule's keys come in time order on each GPU (a log), so the first is
+        the root cause; a table row (CSV) only says which GPU it is about."""
         hit = self.hits.get((rule_id, key))
         if hit is None:
             hit = self.hits[rule_id, key] = Hit(rule=rule_id, key=key)
         hit.count += 1
         if len(hit.evidence) < EVIDENCE_PER_HIT:
             hit.evidence.append(Evidence.of_line(self.path, number, line))
-        if gpu is not None:
+        if gpu is None:
+            return
+        canonical = gpu_id(gpu)
+        if canonical and canonical not in hit.gpus:
+            hit.gpus.append(canonical)
+        if order:
             self.first_key.setdefault((rule_id, gpu), key)
             self.gpus.setdefault((rule_id, key), set()).add(gpu)
 
@@ -315,6 +303,7 @@ def _merge(node_hits: dict[tuple, Hit], hit: Hit, count: int) -> None:
         node_hits[identity] = hit
         return
     known.count = max(known.count, count)
+    known.gpus = sorted(set(known.gpus) | set(hit.gpus))
     texts = {item.text for item in known.evidence}
     for item in hit.evidence:
         if len(known.evidence) < EVIDENCE_PER_HIT and item.text not in texts:

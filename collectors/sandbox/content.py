@@ -14,6 +14,7 @@ rsyslog runs, into syslog and kern.log (Ubuntu) or messages (Amazon Linux with r
 """
 
 import functools
+import gzip
 import hashlib
 import json
 import re
@@ -523,11 +524,19 @@ def journal_fields(event: LogEvent, message: str, at: datetime, boot_id: str, no
     return fields + [("MESSAGE", message)]
 
 
+@dataclass(frozen=True)
+class RotatedLog:
+    name: str  # under /var/log
+    data: bytes
+    mtime: float  # when its last line was written: what the node script's --since window reads
+
+
 @dataclass
 class NodeLogs:
     """What one node's logs hold, by destination."""
 
     files: dict[str, str]  # /var/log/<name> -> text (rsyslog's files, the HyperPod agents' logs)
+    rotated: list[RotatedLog]  # rsyslog's files of the earlier boots, as logrotate left them
     journal_export: str  # journal export format: every boot's entries, oldest first
     kmsg: str  # the kernel ring buffer of this boot, for the dmesg stand-in: "[uptime] message" lines
 
@@ -560,11 +569,14 @@ def node_logs(node: Node, sources: LogSources) -> NodeLogs:
     agent_lines = event_lines(sources.cluster.started_at, packs.agent_events(node.pack), "{iso} {text}")
     if agent_lines:
         files["aws/clusters/sagemaker-cluster-agent.log"] += fill_tokens("\n".join(agent_lines), tokens) + "\n"
+    rotated = []
     if node.rsyslog:
         files.update(rsyslog_files(node, boot_time(sources.cluster.started_at), lines))
+        earlier = [(event, node_message(event, variables, tokens)) for event in base]
+        rotated = rotated_logs(node, sources.cluster.started_at, earlier)
     kmsg = "".join(f"[{event.uptime:12.6f}] {message}\n" for event, message in lines if event.identifier == "kernel")
     journal = journal_export(node, sources.cluster.started_at, units, base, this_boot, variables, tokens)
-    return NodeLogs(files=files, journal_export=journal, kmsg=kmsg)
+    return NodeLogs(files=files, rotated=rotated, journal_export=journal, kmsg=kmsg)
 
 
 def rsyslog_files(node: Node, booted: datetime, lines: list[tuple[LogEvent, str]]) -> dict[str, str]:
@@ -574,6 +586,25 @@ def rsyslog_files(node: Node, booted: datetime, lines: list[tuple[LogEvent, str]
                               distribution.kernel_stamps) for event, message in lines]
     kernel = [text for (event, _), text in zip(lines, everything) if event.identifier == "kernel"]
     return {name: "\n".join(kernel if name == "kern.log" else everything) + "\n" for name in distribution.rsyslog_files}
+
+
+def rotated_logs(node: Node, started_at: datetime, lines: list[tuple[LogEvent, str]]) -> list[RotatedLog]:
+    """The earlier boots' rsyslog files, newest first, as logrotate names them: Ubuntu's daily
+    rotation keeps `syslog.1` and compresses older ones (`syslog.2.gz`, delaycompress); Amazon Linux's
+    names them by date (`messages-20261130`)."""
+    rotated = []
+    earlier_boots = [booted for boot_id, booted in node_boots(node, started_at) if boot_id != host_boot_id()]
+    for age, booted in enumerate(reversed(earlier_boots), 1):
+        last = booted + timedelta(seconds=lines[-1][0].uptime)
+        for name, text in rsyslog_files(node, booted, lines).items():
+            if node.os == "al2023":
+                rotated.append(RotatedLog(f"{name}-{(last + timedelta(days=1)).strftime('%Y%m%d')}", text.encode(),
+                                          last.timestamp()))
+            elif age == 1:
+                rotated.append(RotatedLog(f"{name}.1", text.encode(), last.timestamp()))
+            else:
+                rotated.append(RotatedLog(f"{name}.{age}.gz", gzip.compress(text.encode(), mtime=0), last.timestamp()))
+    return rotated
 
 
 def journal_export(node: Node, started_at: datetime, units: list[list[str]], base: list[LogEvent],

@@ -16,7 +16,9 @@ from typing import Any
 from collectors import console
 from collectors.context import StageContext
 from collectors.errors import EXIT_OK, UsageError
-from collectors.report import render
+from collectors.report.render_html import html_page
+from collectors.report.render_md import markdown
+from collectors.report.screen import screen
 from collectors.report.diff import compare
 from collectors.report.engine import REPORT_SCHEMA_VERSION, RESULTS_DIR, build_report
 from collectors.state import RunState
@@ -34,14 +36,20 @@ def execute(ctx: StageContext) -> int:
     if ctx.options.get("against"):
         doc["diff"] = compare(doc, earlier_report(ctx, ctx.options["against"]))
     written = [write_atomically(state.run_dir / FINDINGS_NAME, json.dumps(doc, indent=1) + "\n"),
-               write_atomically(state.run_dir / MARKDOWN_NAME, render.markdown(doc)),
-               write_atomically(state.run_dir / HTML_NAME, render.html_page(doc))]
+               write_atomically(state.run_dir / MARKDOWN_NAME, markdown(doc)),
+               write_atomically(state.run_dir / HTML_NAME, html_page(doc))]
     state.mark_stage("report", "done", files=[str(path) for path in written],
                      findings=doc["nodes"]["findings_by_severity"], healthy=doc["nodes"]["healthy"],
                      against=ctx.options.get("against"))
-    console.out(json.dumps(doc, indent=1) if ctx.options.get("json") else render.screen(doc))
+    # Logged before the summary, so that the summary's last line, the page to open, ends the output.
     console.log(f"report: {', '.join(str(path) for path in written)} ({doc['scan']['seconds']:.1f}s)")
+    console.out(json.dumps(doc, indent=1) if ctx.options.get("json") else screen(doc, footer=paths_footer(written)))
     return EXIT_OK
+
+
+def paths_footer(written: list[Path]) -> tuple[str, ...]:
+    findings, md, page = written
+    return (f"Details: {findings} and {md.name} beside it", f"Open:    {page}")
 
 
 def count_bundles(run_dir: Path) -> int:

@@ -43,12 +43,13 @@ COMMON_ITEMS = ["instance_group", "instance_id", "launch", "cluster_type", "host
                 "resource_config", "cluster_logs", "systemd_services", "systemd_failed", "disk_usage", "disk_inodes",
                 "memory", "processes", "lspci", "lsmod", "fi_info_efa", "efa_counters"]
 GPU_ITEMS = ["nvidia_smi", "nvidia_smi_q", "nvidia_smi_gpus", "nvidia_smi_remapped_rows", "nvidia_smi_nvlink_status",
-             "nvidia_smi_nvlink_errors", "fabricmanager"]
+             "nvidia_smi_nvlink_errors", "fabricmanager", "dcgm_discovery", "dcgm_health"]
 EKS_ITEMS = ["kubelet_status", "containerd_status", "kubelet_journal", "containerd_journal", "containerd_config",
              "kubelet_config", "cni_config", "cni_logs", "pod_logs"]
 SLURM_ITEMS = ["sinfo", "sinfo_R", "scontrol_show_node", "squeue_node", "slurmctld_status", "slurmd_status",
                "slurmctld_journal", "slurmd_journal", "opt_slurm_etc", "var_log_slurm"]
-SLOW_ITEMS = {"eks": ["nvidia_bug_report", "eks_log_collector"], "slurm": ["nvidia_bug_report"]}
+SLOW_ITEMS = {"eks": ["nvidia_bug_report", "dcgm_diag", "eks_log_collector"],
+              "slurm": ["nvidia_bug_report", "dcgm_diag"]}
 CLUSTER_ITEMS = {"eks": EKS_ITEMS, "slurm": SLURM_ITEMS}
 # The issue's own example: `--command "echo \"it's \$HOME \`id\`\""` reaches the node as this text.
 ISSUE_COMMAND = "echo \"it's $HOME `id`\""

@@ -1,14 +1,16 @@
 """The whole node collection on each node distribution HyperPod has, through the real `invoke collect`.
 
 Ubuntu 20.04 and 22.04 (the Slurm DLAMI base: dash as `sh`, rsyslog's syslog and kern.log) and Amazon
-Linux 2023 (EKS: bash as `sh`, no rsyslog, journald only). One one-node sandbox per distribution; the
-node's journal is a real journal file that the real journalctl reads (docs/scenarios.md).
+Linux 2023 (EKS: bash as `sh`, no rsyslog, journald only; and with rsyslog installed, /var/log/messages).
+One one-node sandbox per case; the node's journal is a real journal file that the real journalctl
+reads (docs/scenarios.md).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -22,11 +24,12 @@ from tests.conftest import require
 
 PROJECT = Path(__file__).resolve().parents[2]
 COLLECTED = {"ok", "ok_with_errors"}
-# (distribution, orchestrator, the files rsyslog writes there, /etc/os-release's PRETTY_NAME)
+# (distribution, rsyslog installed, orchestrator, the files rsyslog writes there, /etc/os-release's PRETTY_NAME)
 DISTRIBUTIONS = [
-    ("ubuntu-20.04", "slurm", {"syslog", "kern.log"}, "Ubuntu 20.04.6 LTS"),
-    ("ubuntu-22.04", "slurm", {"syslog", "kern.log"}, "Ubuntu 22.04.5 LTS"),
-    ("al2023", "eks", set(), "Amazon Linux 2023.8.20250808"),
+    ("ubuntu-20.04", True, "slurm", {"syslog", "kern.log"}, "Ubuntu 20.04.6 LTS"),
+    ("ubuntu-22.04", True, "slurm", {"syslog", "kern.log"}, "Ubuntu 22.04.5 LTS"),
+    ("al2023", False, "eks", set(), "Amazon Linux 2023.8.20250808"),
+    ("al2023", True, "eks", {"messages"}, "Amazon Linux 2023.8.20250808"),
 ]
 RSYSLOG_FILES = {"syslog", "kern.log", "messages"}
 UNIT_JOURNALS = {"slurm": "slurmd_journal.txt", "eks": "kubelet_journal.txt"}
@@ -34,13 +37,14 @@ UNIT_JOURNALS = {"slurm": "slurmd_journal.txt", "eks": "kubelet_journal.txt"}
 BOOTS_IN_JOURNAL, BOOTS_IN_DEFAULT_WINDOW = 3, 2
 
 
-@pytest.fixture(scope="module", params=DISTRIBUTIONS, ids=[row[0] for row in DISTRIBUTIONS])
+@pytest.fixture(scope="module", params=DISTRIBUTIONS,
+                ids=[f"{row[0]}{'-rsyslog' if row[0] == 'al2023' and row[1] else ''}" for row in DISTRIBUTIONS])
 def collected(request, sandbox_factory, tmp_path_factory):
     """A one-node sandbox of the distribution, collected once with the default 3-day window."""
-    distribution, orchestrator, rsyslog_files, pretty_name = request.param
+    distribution, rsyslog, orchestrator, rsyslog_files, pretty_name = request.param
     require(journal_remote() is not None, "needs systemd-journal-remote (Debian package systemd-journal-remote)")
     spec = SandboxSpec.from_scenario({
-        "cluster": f"hp-{distribution.replace('.', '')}", "type": orchestrator, "os": distribution,
+        "cluster": f"hp-{distribution.replace('.', '')}", "type": orchestrator, "os": distribution, "rsyslog": rsyslog,
         "instance_groups": [{"name": "worker-group-1", "instance_type": "ml.g5.8xlarge", "count": 1}],
     })
     sandbox, status, env = sandbox_factory(spec)
@@ -86,8 +90,19 @@ def test_log_files_are_the_distributions_own(collected):
     for name in RSYSLOG_FILES - collected["rsyslog_files"]:
         item = {"kern.log": "kern_log"}.get(name, name)
         assert rows[item]["note"] == f"skipped: not present: /var/log/{name}"
-    if "kern.log" in files:
+    if "kern.log" in files:  # imklog keeps the kernel's stamps; Amazon Linux's imjournal does not
         assert b"kernel: [    0.000000] Linux version" in files["kern.log"]
+    if "messages" in files:
+        assert b" kernel: Linux version 6.1." in files["messages"] and b"systemd[1]: Started " in files["messages"]
+
+
+def test_rotated_logs_within_the_window_are_taken(collected):
+    """The boot 2 days ago is in logrotate's first rotation (syslog.1, kern.log.1; AL2023: messages-DATE),
+    taken; the one 10 days ago (syslog.2.gz, ...) is outside the 3-day window."""
+    rotated = {name.split("/", 1)[1] for name in collected["files"] if name.startswith("rotated_logs/")}
+    expected = {re.sub(r"^messages$", "messages-DATE", name) + ("" if name == "messages" else ".1")
+                for name in collected["rsyslog_files"]}
+    assert {re.sub(r"-\d{8}$", "-DATE", name) for name in rotated} == expected
 
 
 def test_journal_items_hold_the_nodes_journal_within_the_window(collected):

@@ -7,14 +7,17 @@ for the sessions started afterwards.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
+import boto3
 import pytest
 
 from tests.conftest import require
@@ -26,6 +29,8 @@ COLLECTED = {"ok", "ok_with_errors"}
 UPSTREAM_PROFILE = "/bin/bash -c 'export HOME=/fsx/$(whoami) && cd ${HOME} && exec /bin/bash'"
 # The same pattern where the home exists: the session's shell becomes an interactive bash.
 BASH_PROFILE = "/bin/bash -c 'export HOME=/home/$(whoami) && cd ${HOME} && exec /bin/bash'"
+# What each profile shows in the session before our first line: its cd failing, or bash's own prompt.
+PROFILE_EVIDENCE = {UPSTREAM_PROFILE: "cd: /fsx/root: No such file or directory", BASH_PROFILE: "ssm-user@ip-"}
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +71,17 @@ def collect(cluster, runs: Path, *args: str) -> tuple[subprocess.CompletedProces
     return result, node, (latest / "transcripts" / f"{instance_id}.log").read_text()
 
 
+def uploaded_file(cluster, node: dict, name: str) -> bytes:
+    """One file of the node's tarball, as uploaded to the sandbox's S3."""
+    _, status, env = cluster
+    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=status["region"],
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    body = s3.get_object(Bucket=status["bucket"], Key=node["s3_key"])["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("/" + name))
+        return tar.extractfile(member).read()
+
+
 @pytest.mark.parametrize("mode", ["detached", "attached"])
 def test_run_as_a_user_with_passwordless_sudo_collects_as_root(cluster, sandbox, tmp_path, mode):
     sandbox.set_faults(run_as="ssm-user")
@@ -73,6 +89,7 @@ def test_run_as_a_user_with_passwordless_sudo_collects_as_root(cluster, sandbox,
     assert result.returncode == 0, result.stderr[-3000:]
     assert node["status"] in COLLECTED and node["bytes"] > 0, node
     assert re.search(r"^\$ $", transcript, re.MULTILINE), "the session's own shell was not ssm-user's ($)"
+    assert uploaded_file(cluster, node, "command_01_id_-un.txt") == b"root\n"  # the script itself ran as root
 
 
 def test_run_as_a_user_without_sudo_says_root_could_not_be_had(cluster, sandbox, tmp_path):
@@ -99,6 +116,7 @@ def test_a_shell_profile_before_the_prompt_does_not_stop_the_collection(cluster,
     assert result.returncode == 0, result.stderr[-3000:]
     assert node["status"] in COLLECTED and node["bytes"] > 0, node
     assert profile in transcript  # typed into the shell before our first line, as SSM Agent does
+    assert PROFILE_EVIDENCE[profile] in transcript
 
 
 def test_an_attached_session_that_drops_mid_script_loses_no_node(cluster, sandbox, tmp_path):

@@ -31,7 +31,8 @@ CASES = positive_cases()
 
 def report_for_case(tmp_path, case: dict) -> dict:
     run = RunBuilder(tmp_path)
-    files = None if case.get("no_bundle") else changed_files(case.get("append"), case.get("replace"))
+    files = None if case.get("no_bundle") else changed_files(case.get("append"), case.get("replace"),
+                                                             remove=case.get("remove"))
     run.add_node(INSTANCE_ID, HOSTNAME, files, **case.get("state", {}))
     for number in range(case.get("peers", 0)):
         run.add_node(f"i-0a1b2c3d4e5f6010{number}", f"ip-10-1-4-{number + 2}",
@@ -59,6 +60,13 @@ def test_rule_fires_on_its_positive_fixture(tmp_path, rule_id, case):
     finding_rule, key = catalog_module.load().rule(rule_id).same_as or (rule_id, expect.get("key"))
     if expect.get("absent"):
         assert not [f for f in doc["findings"] if f["rule"] in (rule_id, finding_rule)], doc["findings"]
+        return
+    if expect.get("folded_into"):
+        # One fault, one finding: the rule fired, and its finding is shown under its cause's.
+        (cause,) = [f for f in doc["findings"] if f["id"] == expect["folded_into"]]
+        folded = [item for node in cause["nodes"] for item in node.get("also_seen", [])]
+        assert finding_rule in {item["id"].split(":")[0] for item in folded}, cause
+        assert not [f for f in doc["findings"] if f["rule"] == finding_rule], doc["findings"]
         return
     found = [f for f in doc["findings"] if f["rule"] == finding_rule and f["key"] == key]
     assert found, [(f["id"], f["node_set"]) for f in doc["findings"]]
