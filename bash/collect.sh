@@ -25,6 +25,9 @@
 #   HPC_S3_DESTINATION      awscli mode: s3://bucket/prefix/instances/ (the key adds GROUP_ID.tar.gz)
 #   HPC_S3_REGION           awscli mode: the bucket's region (else the node's AWS configuration)
 #   HPC_REDACT_PATTERNS     extra redaction patterns (extended regex), one per line
+#   HPC_LAUNCH_DIR          the launcher's private folder (/tmp/hpc-run.XXXXXX) holding this script:
+#                           removed when the script ends, with its log (HPC_LAUNCH_DIR.log) unless
+#                           the script could not report (bad input), when the status names the log
 # Other settings, with their defaults:
 #   HPC_KEEP_DIR            without an upload destination, the tarball is moved here instead
 #   HPC_ITEM_TIMEOUT (120), HPC_NVIDIA_BUG_REPORT_TIMEOUT (300), HPC_EKS_COLLECTOR_TIMEOUT (300)
@@ -314,6 +317,7 @@ hpc_lock_run() {
     [[ $pid =~ ^[0-9]+$ ]] || pid=""
     # Detached, this is how the orchestrator learns that the result to wait for is the holder's.
     hpc_report_status already_running "\"holder_pid\":${pid:-null}"
+    hpc_remove_launch_files 0
     printf 'HPC_RESULT status=already_running rc=%s items=0 failed_items=0 skipped_items=0 bytes=0 sha256=- tarball=- pid=%s\n' \
       "$HPC_EXIT_ALREADY_RUNNING" "${pid:--}"
     exit "$HPC_EXIT_ALREADY_RUNNING"
@@ -360,10 +364,23 @@ hpc_utc_now() {
 }
 
 # Bad input: the orchestrator, when it does not wait in the session, learns it at once.
+# Its log stays (the one file a launch leaves), and the status says where.
 hpc_on_bad_input() {
+  local log=null
+  [[ ! -f ${HPC_LAUNCH_DIR:-}.log ]] || log=$(hpc_json_string "$HPC_LAUNCH_DIR.log")
   if [[ -n ${HPC_URL_STATUS:-} && $HPC_URL_STATUS =~ $HPC_URL_RE ]]; then
-    hpc_report_status "done" "\"status\":\"bad_input\",\"rc\":$HPC_EXIT_BAD_INPUT,\"error\":$(hpc_json_string "$1"),\"finished\":\"$(hpc_utc_now)\"" >/dev/null
+    hpc_report_status "done" "\"status\":\"bad_input\",\"rc\":$HPC_EXIT_BAD_INPUT,\"error\":$(hpc_json_string "$1"),\"log\":$log,\"finished\":\"$(hpc_utc_now)\"" >/dev/null
   fi
+  hpc_remove_launch_files 1
+}
+
+# The launcher's folder (this script's copy; its env file is gone already) and its log:
+# nothing of a launch stays on the node but what is worth keeping. KEEP_LOG 1 keeps the log.
+hpc_remove_launch_files() {
+  local keep_log=$1 dir=${HPC_LAUNCH_DIR:-}
+  [[ $dir == /*/hpc-run.* && -d $dir && ! -L $dir && -O $dir ]] || return 0
+  rm -rf -- "$dir"
+  ((keep_log)) || rm -f -- "$dir.log"
 }
 
 hpc_cleanup() {
@@ -378,6 +395,7 @@ hpc_cleanup() {
       rm -rf -- "$dir"
     fi
   done
+  hpc_remove_launch_files 0
 }
 
 # After a delivery: the tarballs earlier collections of this node kept (their upload failed)

@@ -6,7 +6,9 @@ AWS errors are turned into our own errors here, once, so stages stay about their
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import os
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import botocore.exceptions
 
@@ -40,8 +42,24 @@ CONFIGURATION_ERRORS = (
 )
 
 
+@contextmanager
+def private_files() -> Iterator[None]:
+    """What a run writes is private (folders 0700, files 0600) whatever the user's umask: bundles,
+    transcripts and summaries name hosts and hold logs that are not for other users of the machine."""
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
 def run_stage(name: str, settings: Settings, options: dict[str, Any]) -> int:
     """One stage on the latest run of the cluster (or `--run-id`); discover starts a new run."""
+    with private_files():
+        return _run_stage(name, settings, options)
+
+
+def _run_stage(name: str, settings: Settings, options: dict[str, Any]) -> int:
     cluster = settings.require_cluster()
     aws = None if name in LOCAL_STAGES else Aws(settings)
     run_id = options.get("run_id")
@@ -54,6 +72,11 @@ def run_stage(name: str, settings: Settings, options: dict[str, Any]) -> int:
 
 def collect(settings: Settings, options: dict[str, Any]) -> int:
     """All stages in order in a new run; the exit code is the worst of them."""
+    with private_files():
+        return _collect(settings, options)
+
+
+def _collect(settings: Settings, options: dict[str, Any]) -> int:
     cluster = settings.require_cluster()
     settings.require_s3_path()  # a malformed path fails before anything is created
     aws = Aws(settings)

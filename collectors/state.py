@@ -66,6 +66,7 @@ class RunState:
         base = runs_dir / cluster_dir_name(cluster)
         try:
             base.mkdir(parents=True, exist_ok=True)
+            base.chmod(0o700)  # made by an earlier version, or under another umask
             run_dir = _make_unique_run_dir(base, run_id or new_run_id())
         except OSError as exc:
             raise UsageError(f"cannot make a run folder under {base} (hyperpod.runs_dir is {runs_dir}): "

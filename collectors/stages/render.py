@@ -27,7 +27,6 @@ def execute(ctx: StageContext) -> None:
     text = nodescript.compose(state.cluster["type"], commands, options=options)
     path = state.run_dir / SCRIPT_NAME
     path.write_text(text)
-    path.chmod(0o644)
     digest = hashlib.sha256(text.encode()).hexdigest()
     state.options["commands"] = list(commands)
     state.options["node_options"] = options.as_dict()

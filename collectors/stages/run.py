@@ -358,6 +358,7 @@ class NodeCollector:
             kind = "upload_failed" if status == "upload_failed" or rc == RC_UPLOAD_FAILED else "script_failed"
             where = f"; the tarball is kept on the node at {kept}" if kept else ""
             said = f": {report['error']}" if report.get("error") else ""
+            where += f"; its log is on the node at {report['log']}" if report.get("log") else ""
             return {"status": FAILED, "error_kind": kind, "kept": kept,
                     "error": f"node script ended {status or 'without a result'} (rc {rc}){said}{where}"}
         claimed = int(report.get("bytes", -1))

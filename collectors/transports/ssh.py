@@ -83,8 +83,8 @@ DETACHED_S3 = (f'd=$1; if {FETCH}; then '
                'else rm -rf "$d"; echo "HPC_LAUNCH fetch_failed"; fi')
 # Pushed script, kept tarball. The folder stays until the tarball is pulled; it is handed back to
 # the login user so that SFTP can read it.
-ATTACHED_SFTP = ('d=$1; . "$d/env"; export HPC_KEEP_DIR="$d/keep"; bash "$d/collector_script.sh"; rc=$?; '
-                 '[ -z "${SUDO_UID:-}" ] || chown -R "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$d"; exit $rc')
+ATTACHED_SFTP = ('d=$1; . "$d/env"; rm -f "$d/env"; export HPC_KEEP_DIR="$d/keep"; '
+                 'bash "$d/collector_script.sh"; rc=$?; [ -z "${SUDO_UID:-}" ] || chown -R "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$d"; exit $rc')
 SCRIPT_NAME = "collector_script.sh"
 
 

@@ -42,6 +42,7 @@ CR_RE = re.compile(r"\r+\n?")
 LEADING_PROMPTS_RE = re.compile(r"^(?:\S*[#$] )+")
 OUTPUT_TAIL_LINES = 200
 EXIT_WAIT = 10
+EXIT_FIRST_WAIT = 2
 POLL = 0.5
 RETYPE_AFTER = 5.0
 # Seconds between keep-alive keystrokes in attached sessions: under the shortest idle timeout
@@ -60,13 +61,16 @@ RESPONSE_ENV = "AWS_SSM_START_SESSION_RESPONSE"
 PLUGIN_ENV_HANDOFF_AFTER = (1, 2, 497, 0)
 
 # Runs on the node under sh. $1 is the private launch folder; its `env` file holds the node's
-# inputs. The wrapper's own environment never holds them (they are sourced after exec), and the
-# node script removes them from its own environment before any item runs.
+# inputs, presigned URLs included. It is read once and removed before the script starts, so no
+# item ever finds it; the wrapper's own environment never holds them (they are sourced after
+# exec) and the wrapper is replaced by the script, which removes them from its own environment
+# before any item runs. The script removes the launch folder and its log when it ends
+# (HPC_LAUNCH_DIR), keeping the log only when it could not report its result.
 FETCH = ('(. "$d/env" && printf \'url = "%s"\\n\' "$HPC_SCRIPT_URL" | '
          'curl -fsS --retry 3 -o "$d/collector_script.sh" -K -)')
-RUN_ATTACHED = '. "$1/env"; bash "$1/collector_script.sh"; rc=$?; rm -rf "$1"; exit $rc'
-RUN_DETACHED = ('. "$1/env"; bash "$1/collector_script.sh" >"$1.log" 2>&1; rc=$?; rm -rf "$1"; '
-                '[ "$rc" -ne 0 ] || rm -f "$1.log"; exit $rc')
+RUN_ATTACHED = '. "$1/env"; rm -f "$1/env"; export HPC_LAUNCH_DIR="$1"; exec bash "$1/collector_script.sh"'
+RUN_DETACHED = ('. "$1/env"; rm -f "$1/env"; export HPC_LAUNCH_DIR="$1"; '
+                'exec bash "$1/collector_script.sh" >"$1.log" 2>&1')
 # Sessions are root shells unless the account's Session Manager preferences set Run-As: then the
 # script runs through `sudo -n` (never a password prompt), and a user without passwordless sudo is
 # told so instead of a half collection (as the SSH transport's node_command does for its users).
@@ -313,15 +317,21 @@ class Conversation:
         text = clean_output(self.child.before, self.hidden)
         if self.session_id is None:
             return classify_start_error(text)
-        return self._result(SESSION_DROPPED, step, f"the session ended unexpectedly during {step}: {last_line(text)}",
+        # The node's last words, not the echo of a line we typed (the shell echoes until `stty -echo`).
+        said = "\n".join(line for line in text.splitlines() if "__hpc_" not in line)
+        return self._result(SESSION_DROPPED, step, f"the session ended unexpectedly during {step}: {last_line(said)}",
                             text)
 
     def _exit_shell(self) -> None:
-        self.child.sendline("exit")
-        try:
-            self.child.expect(pexpect.EOF, timeout=EXIT_WAIT)
-        except pexpect.TIMEOUT:
-            pass  # close() ends it; the node's work is already launched or done
+        # A second `exit` for a shell profile that started another shell inside the session's one
+        # (`exec bash` in a `bash -c`, or a plain `bash`): one exit only leaves the inner shell.
+        for wait in (EXIT_FIRST_WAIT, EXIT_WAIT):
+            self.child.sendline("exit")
+            try:
+                self.child.expect(pexpect.EOF, timeout=wait)
+                return
+            except pexpect.TIMEOUT:
+                continue  # close() ends it at last; the node's work is already launched or done
 
 
 def env_file_lines(variables: dict[str, str]) -> list[str]:

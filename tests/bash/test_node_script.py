@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import shlex
 import signal
 import socket
 import subprocess
@@ -912,3 +913,50 @@ def test_shellcheck_clean_alone_and_composed(tmp_path):
     # shellcheck checks each file on its own (nothing here is `source`d)
     proc = subprocess.run(["shellcheck", "-S", "warning", *map(str, parts)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+# ---------------------------------------------------------------- the launcher's files
+
+def launch_folder(node: Node, env: dict[str, str]) -> Path:
+    """What the SSM transport makes on a node before it starts the script: a private folder holding
+    the script and an env file of `export NAME='value'` lines (presigned URLs included)."""
+    folder = node.work / "hpc-run.Tst123"
+    folder.mkdir(mode=0o700)
+    shutil.copy(node.script, folder / "collector_script.sh")
+    lines = [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
+    (folder / "env").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_the_urls_file_is_gone_before_any_item_runs_and_the_launch_leaves_nothing(s3, tmp_path):
+    from collectors.transports.ssm import RUN_DETACHED
+
+    node = Node(tmp_path, "eks", ('ls "$HPC_LAUNCH_DIR"; cat "$HPC_LAUNCH_DIR/env"; env',))
+    upload_url = presigned_put(s3, "launcher/one.tar.gz")
+    folder = launch_folder(node, {"HPC_UPLOAD_URL": upload_url, "HPC_STATUS_URL": presigned_put(s3, "launcher/s.json"),
+                                  "HPC_RUN_ID": "20260101_000000", "HPC_LAUNCH_ID": "1.abc"})
+    proc = subprocess.run(["sh", "-c", RUN_DETACHED, "hpc-collector", str(folder)], env=node.env, cwd=node.root,
+                          capture_output=True, text=True, timeout=RUN_LIMIT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    files = report_files(uploaded(s3, "launcher/one.tar.gz"))
+    seen = next(content for name, content in files.items() if name.startswith("command_01_"))
+    # Before: the env file sat in the launch folder, readable by every item, for the whole collection.
+    assert b"collector_script.sh" in seen and b"No such file" in seen and b"X-Amz-Signature" not in seen
+    assert upload_url.encode() not in seen
+    # Nothing of the launch stays on the node: neither its folder nor its log.
+    assert not folder.exists() and not Path(f"{folder}.log").exists()
+
+
+def test_a_launch_that_cannot_start_keeps_only_its_log_and_says_where(s3, tmp_path):
+    from collectors.transports.ssm import RUN_DETACHED
+
+    node = Node(tmp_path, "eks")
+    folder = launch_folder(node, {"HPC_STATUS_URL": presigned_put(s3, "launcher/bad.json"),
+                                  "HPC_UPLOAD_URL": "not a url"})
+    proc = subprocess.run(["sh", "-c", RUN_DETACHED, "hpc-collector", str(folder)], env=node.env, cwd=node.root,
+                          capture_output=True, text=True, timeout=RUN_LIMIT)
+    assert proc.returncode == 2
+    log = Path(f"{folder}.log")
+    assert not folder.exists() and "HPC_UPLOAD_URL is not an http(s) URL" in log.read_text()
+    status = status_object(s3, "launcher/bad.json")
+    assert status["status"] == "bad_input" and status["log"] == str(log)

@@ -172,6 +172,22 @@ def test_a_bucket_we_may_not_write_to_is_exit_2_before_any_run_starts(cluster, t
     assert not list(tmp_path.glob("*/2*")), "a run that cannot start leaves no run folder behind"
 
 
+def test_everything_a_run_writes_is_private_whatever_the_umask(cluster, tmp_path):
+    sandbox, status, env = cluster
+    previous = os.umask(0o022)  # the usual one: before, tarballs, transcripts and summaries were 0644
+    try:
+        result = invoke(env, tmp_path, "collect", "--nodes", status["nodes"][0]["instance_id"])
+    finally:
+        os.umask(previous)
+    assert result.returncode == 0, result.stderr
+    cluster_dir = tmp_path / status["cluster"]
+    paths = [cluster_dir, *cluster_dir.rglob("*")]
+    assert any(p.name.endswith(".tar.gz") for p in paths) and any(p.name == "summary.json" for p in paths)
+    loose = [(str(p), oct(p.stat().st_mode & 0o777)) for p in paths if not p.is_symlink()
+             and p.stat().st_mode & 0o777 != (0o700 if p.is_dir() else 0o600)]
+    assert loose == []
+
+
 def test_bad_setting_in_the_environment_is_exit_2(cluster, tmp_path):
     sandbox, status, env = cluster
     result = invoke(dict(env, INVOKE_HYPERPOD_TIMEOUTS_NODE_SCRIPT="soon"), tmp_path, "discover")

@@ -96,12 +96,14 @@ def test_node_command_uses_sudo_only_for_another_user_than_root():
     assert shlex.split(node_command("echo $1", "/tmp/hpc-run.ab", sudo=True))[:4] == ["sudo", "-n", "sh", "-c"]
 
 
-def test_attached_fetches_the_script_runs_it_with_the_env_and_removes_the_folder(tmp_path):
-    script = script_file(tmp_path, 'printf "%s\\n" "$GREETING"; exit 3\n')
+def test_attached_fetches_the_script_and_runs_it_with_the_env_whose_file_is_gone(tmp_path):
+    # The env file holds the presigned URLs: read once, then removed before the script (and any item
+    # of it) runs. The script is told its launch folder, which it removes when it ends (bash/collect.sh).
+    script = script_file(tmp_path, 'printf "%s\\n" "$GREETING"; [ -e "$HPC_LAUNCH_DIR/env" ] || echo gone; exit 3\n')
     directory = work_dir(tmp_path, {"HPC_SCRIPT_URL": f"file://{script}", "GREETING": "hi there"})
     result = run_body(ATTACHED_S3, directory)
-    assert (result.returncode, result.stdout) == (3, "hi there\n")
-    assert not directory.exists()
+    assert (result.returncode, result.stdout) == (3, "hi there\ngone\n")
+    assert sorted(p.name for p in directory.iterdir()) == ["collector_script.sh"]
 
 
 def test_attached_says_91_when_the_script_cannot_be_fetched(tmp_path):
@@ -112,7 +114,7 @@ def test_attached_says_91_when_the_script_cannot_be_fetched(tmp_path):
 
 def test_detached_launches_a_script_that_outlives_the_command(tmp_path):
     marker = tmp_path / "finished"
-    script = script_file(tmp_path, f"sleep 1.5; touch {marker}\n")
+    script = script_file(tmp_path, f'sleep 1.5; touch {marker}; rm -rf "$HPC_LAUNCH_DIR"\n')
     directory = work_dir(tmp_path, {"HPC_SCRIPT_URL": f"file://{script}"})
     result = run_body(DETACHED_S3, directory)
     assert result.returncode == 0 and result.stdout.startswith("HPC_LAUNCH pid=")
