@@ -443,6 +443,7 @@ hpc_prepare() {
   HPC_CUTS_FILE=$HPC_WORK_DIR/cuts.tsv
   mkdir -- "$HPC_REPORT_DIR" "$HPC_WORK_DIR/tmp"
   hpc_prepare_redaction "$HPC_WORK_DIR"
+  hpc_prepare_redaction_slots
   # Room for the manifest and the tarball if the disk fills up while items run.
   head -c "$HPC_RESERVE_BYTES" /dev/zero >"$HPC_WORK_DIR/reserve" 2>/dev/null || rm -f -- "$HPC_WORK_DIR/reserve"
   if [[ $HPC_WORK_ROOT != "${HPC_WORK_ROOTS[0]}" ]]; then
@@ -586,6 +587,7 @@ hpc_finish() {
   HPC_FINISHING=1
   trap - ERR
   set +e
+  hpc_settle_all
   if hpc_package; then
     bytes=$(($(wc -c <"$HPC_TARBALL")))
     sha=$(sha256sum <"$HPC_TARBALL")

@@ -38,8 +38,26 @@ HPC_BUNDLE_BYTES=0
 HPC_ITEM_PID=""
 HPC_INTERRUPTED=""
 HPC_WAIT_INTERRUPTED=0
-# Set by hpc_settle_item: whether the item just settled hit its time limit.
+# Set by hpc_run_item: whether the item that just ran hit its time limit.
 HPC_LAST_TIMED_OUT=0
+# Items whose files are being redacted in the background while later items run
+# (hpc_defer_settle), oldest first: each one's manifest row number, and by row number its
+# hpc_settle_item arguments (joined by US) and its redacting child's pid.
+HPC_QUEUE=()
+declare -A HPC_QUEUED_ARGS=() HPC_QUEUED_PID=() HPC_QUEUED_SLOT=()
+HPC_QUEUED_BYTES=0  # their files' size once capped: counted against the bundle cap already
+# Background redactions at most at once: the node's CPUs, up to 4 (collection shares the
+# node with training jobs).
+HPC_REDACT_JOBS=$(nproc 2>/dev/null || echo 1)
+((HPC_REDACT_JOBS >= 1 && HPC_REDACT_JOBS <= 4)) || HPC_REDACT_JOBS=$((HPC_REDACT_JOBS > 4 ? 4 : 1))
+# Each background redaction works in a folder of its own (the redaction's scripts name their
+# scratch files in it): slot N is $HPC_WORK_DIR/redact.slot.N, made by hpc_prepare_redaction_slots.
+declare -A HPC_SLOT_IN_USE=()
+# The next manifest row's number: rows stay in the order items ran, however late an item is
+# settled. HPC_ROW_AT, when set, is the number of the row being written.
+HPC_NEXT_ROW=0
+# An item's files: path -> bytes (hpc_list_item_files), path -> redactions (hpc_redact_item).
+declare -A HPC_SIZES=() HPC_REDACTED=()
 # The item that has run longest so far, and for how long: what cut the collection short, when
 # time runs out.
 HPC_LONGEST_ITEM=""
@@ -47,8 +65,8 @@ HPC_LONGEST_MS=0
 HPC_STAGE=items
 # The item in which nvidia-smi did not return (see hpc_item tool=), for the items after it.
 HPC_HUNG_NVIDIA_SMI=""
-# manifest.tsv and manifest_files.tsv rows, kept in memory and written when packaging: a
-# disk that fills up mid-run must not lose the record of what was collected.
+# manifest.tsv and manifest_files.tsv rows by row number, kept in memory and written when
+# packaging: a disk that fills up mid-run must not lose the record of what was collected.
 HPC_MANIFEST_ROWS=()
 HPC_FILE_ROWS=()
 
@@ -304,14 +322,16 @@ hpc_tsv_cell() {
   printf -v "$1" '%s' "${2//[[:cntrl:]]/ }"
 }
 
-# One manifest.tsv row: item rc seconds bytes timed_out cut_bytes redactions note.
+# One manifest.tsv row: item rc seconds bytes timed_out cut_bytes redactions note; at
+# HPC_ROW_AT (an item settled late) or the next row.
 hpc_manifest_row() {
-  local name=$1 rc=$2 ms=$3 bytes=$4 timed_out=$5 cut=$6 redactions=$7 seconds cell row
+  local name=$1 rc=$2 ms=$3 bytes=$4 timed_out=$5 cut=$6 redactions=$7 seconds cell row at
+  at=${HPC_ROW_AT:-$((HPC_NEXT_ROW++))}
   hpc_format_ms seconds "$ms" 3
   hpc_tsv_cell cell "$8"
   printf -v row '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' "$name" "$rc" "$seconds" "$bytes" "$timed_out" "$cut" \
     "$redactions" "$cell"
-  HPC_MANIFEST_ROWS+=("$row")
+  HPC_MANIFEST_ROWS[at]=$row
   HPC_ITEMS=$((HPC_ITEMS + 1))
   if ((rc != 0)); then
     HPC_FAILED_ITEMS=$((HPC_FAILED_ITEMS + 1))
@@ -417,7 +437,7 @@ hpc_blocker() {
       hpc_format_ms longest_s "$HPC_LONGEST_MS" 1
       HPC_WHY="$HPC_WHY; cut short by $HPC_LONGEST_ITEM (${longest_s}s)"
     fi
-  elif ((HPC_BUNDLE_BYTES >= HPC_BUNDLE_CAP_BYTES)); then
+  elif ((HPC_BUNDLE_BYTES + HPC_QUEUED_BYTES >= HPC_BUNDLE_CAP_BYTES)); then
     HPC_WHY="bundle cap of $HPC_BUNDLE_CAP_MB MB reached"
   else
     hpc_free_mb "$HPC_WORK_DIR"
@@ -499,7 +519,8 @@ hpc_run_item() {
   if [[ -n $dir && ! -s $log ]]; then
     rm -f -- "$log"
   fi
-  hpc_settle_item "$name" "$path" "$dir" "$rc" "$ms" "$timed_out"
+  HPC_LAST_TIMED_OUT=$timed_out
+  hpc_defer_settle "$name" "$path" "$dir" "$rc" "$ms" "$timed_out"
 }
 
 # Declares one built-in item: `hpc_item NAME OUTPUT [needs=A|B] [when=VAR] [limit=VAR]
@@ -597,7 +618,8 @@ hpc_fit_bundle() {
 # Most files hold nothing to redact: one grep finds the few that do (and .gz files are
 # always looked into), and only those go to the child.
 hpc_redact_item() {
-  local list=$HPC_WORK_DIR/redact.list done=$HPC_WORK_DIR/redact.done limit file count
+  # Named by the process: several items may be redacted at once (hpc_defer_settle).
+  local list=$HPC_WORK_DIR/redact.list.$BASHPID done=$HPC_WORK_DIR/redact.done.$BASHPID limit file count
   local -A finished=() suspect=()
   local plain=()
   for file in "$@"; do
@@ -660,22 +682,100 @@ hpc_list_item_files() {
   done < <(hpc_item_files "$1" "$2")
 }
 
-# After an item has ended: cap its files, redact them, keep the bundle under its cap,
-# then record each file (manifest_files.tsv) and the item (manifest.tsv).
-hpc_settle_item() {
-  local name=$1 path=$2 dir=$3 rc=$4 ms=$5 timed_out=$6
-  HPC_LAST_TIMED_OUT=$timed_out
-  local file size cut=0 redactions=0 note="" rel row took shown extra=""
-  local -A cuts=()
-  declare -gA HPC_SIZES=() HPC_REDACTED=()
-  HPC_UNREDACTED=()
+# After an item has ended: cap its files now, and redact them in the background while the
+# next items run (redaction is most of the CPU an item costs, and items mostly wait on tools
+# and disks). The item keeps its place in the manifest; it is settled when HPC_REDACT_JOBS
+# redactions are under way already, and before packaging (hpc_settle_all).
+hpc_defer_settle() {
+  local path=$2 dir=$3 file at=$((HPC_NEXT_ROW++)) slot=1
+  local result=$HPC_WORK_DIR/redact.$at.result
+  ((${#HPC_QUEUE[@]} < HPC_REDACT_JOBS)) || hpc_settle_oldest
+  while [[ -n ${HPC_SLOT_IN_USE[$slot]:-} ]]; do slot=$((slot + 1)); done
   hpc_list_item_files "$path" "$dir"
   for file in ${HPC_FILES[@]+"${HPC_FILES[@]}"}; do
     hpc_cut_file "$file" "$HPC_FILE_CAP_BYTES" "${HPC_SIZES[$file]}"
   done
+  hpc_list_item_files "$path" "$dir"
+  hpc_item_progress "$1" "$4" "$5" "$6"
+  HPC_QUEUED_BYTES=$((HPC_QUEUED_BYTES + HPC_FILES_BYTES))
+  # The next item writes its own cuts into HPC_CUTS_FILE: this item's go aside.
+  mv -f -- "$HPC_CUTS_FILE" "$HPC_WORK_DIR/cuts.$at" 2>/dev/null || : >"$HPC_WORK_DIR/cuts.$at"
+  HPC_QUEUE+=("$at")
+  HPC_QUEUED_ARGS[$at]=$(IFS=$'\x1f' && printf '%s' "$*|$HPC_FILES_BYTES")
+  HPC_QUEUED_PID[$at]=""
+  : >"$result"
   if ((${#HPC_FILES[@]})); then
-    hpc_redact_item "${HPC_FILES[@]}"
-    hpc_list_item_files "$path" "$dir"
+    HPC_SLOT_IN_USE[$slot]=$at HPC_QUEUED_SLOT[$at]=$slot
+    (
+      HPC_WORK_DIR=$HPC_WORK_DIR/redact.slot.$slot
+      declare -A HPC_REDACTED=()
+      HPC_UNREDACTED=()
+      hpc_redact_item "${HPC_FILES[@]}"
+      for file in "${!HPC_REDACTED[@]}"; do
+        printf '%s\t%s\0' "${HPC_REDACTED[$file]}" "$file"
+      done
+      for file in ${HPC_UNREDACTED[@]+"${HPC_UNREDACTED[@]}"}; do
+        printf 'unredacted\t%s\0' "$file"
+      done
+    ) >"$result" 2>/dev/null </dev/null {HPC_LOCK_FD}>&- &
+    HPC_QUEUED_PID[$at]=$!
+  fi
+}
+
+# Waits for the oldest item being redacted, then settles it (hpc_settle_item) in its row.
+hpc_settle_oldest() {
+  local at=${HPC_QUEUE[0]} pid count file bytes
+  local -a pending
+  HPC_QUEUE=(${HPC_QUEUE[@]+"${HPC_QUEUE[@]:1}"})
+  IFS=$'\x1f' read -r -a pending <<<"${HPC_QUEUED_ARGS[$at]%|*}"
+  bytes=${HPC_QUEUED_ARGS[$at]##*|}
+  pid=${HPC_QUEUED_PID[$at]}
+  [[ -z ${HPC_QUEUED_SLOT[$at]:-} ]] || unset "HPC_SLOT_IN_USE[${HPC_QUEUED_SLOT[$at]}]"
+  unset "HPC_QUEUED_ARGS[$at]" "HPC_QUEUED_PID[$at]" "HPC_QUEUED_SLOT[$at]"
+  declare -gA HPC_REDACTED=()
+  HPC_UNREDACTED=()
+  if [[ -n $pid ]]; then
+    # A signal (TERM, INT, HUP) ends `wait` early: wait again, the files must be done.
+    while ! wait "$pid" 2>/dev/null && kill -0 "$pid" 2>/dev/null; do :; done
+    while IFS=$'\t' read -r -d '' count file; do
+      if [[ $count == unredacted ]]; then
+        HPC_UNREDACTED+=("$file")
+      else
+        HPC_REDACTED[$file]=$count
+      fi
+    done <"$HPC_WORK_DIR/redact.$at.result"
+  fi
+  rm -f -- "$HPC_WORK_DIR/redact.$at.result"
+  HPC_QUEUED_BYTES=$((HPC_QUEUED_BYTES - bytes))
+  local HPC_CUTS_FILE=$HPC_WORK_DIR/cuts.$at HPC_ROW_AT=$at
+  hpc_settle_item "${pending[@]}"
+  rm -f -- "$HPC_CUTS_FILE"
+}
+
+# The redaction's folders, one per background redaction at once (see HPC_SLOT_IN_USE).
+hpc_prepare_redaction_slots() {
+  local slot
+  for ((slot = 1; slot <= HPC_REDACT_JOBS; slot++)); do
+    mkdir -p -- "$HPC_WORK_DIR/redact.slot.$slot/tmp" && hpc_prepare_redaction "$HPC_WORK_DIR/redact.slot.$slot"
+  done
+}
+
+# Settles every item still being redacted: before packaging.
+hpc_settle_all() {
+  while ((${#HPC_QUEUE[@]})); do
+    hpc_settle_oldest
+  done
+}
+
+# Keeps the bundle under its cap, then records each file (manifest_files.tsv) and the item
+# (manifest.tsv). Its files are capped and redacted already (HPC_REDACTED, HPC_UNREDACTED).
+hpc_settle_item() {
+  local name=$1 path=$2 dir=$3 rc=$4 ms=$5 timed_out=$6
+  local file size cut=0 redactions=0 note="" rel row
+  local -A cuts=()
+  declare -gA HPC_SIZES=()
+  hpc_list_item_files "$path" "$dir"
+  if ((${#HPC_FILES[@]})); then
     if ((HPC_BUNDLE_BYTES + HPC_FILES_BYTES > HPC_BUNDLE_CAP_BYTES)); then
       for file in "${HPC_FILES[@]}"; do
         printf '%s\t%s\0' "${HPC_SIZES[$file]}" "$file"
@@ -696,14 +796,13 @@ hpc_settle_item() {
     hpc_tsv_cell rel "${file#"$HPC_REPORT_DIR"/}"
     printf -v row '%s\t%s\t%s\t%s\t%s' "$rel" "$name" "${HPC_SIZES[$file]}" "${cuts[$file]:-0}" \
       "${HPC_REDACTED[$file]:-0}"
-    HPC_FILE_ROWS+=("$row")
+    HPC_FILE_ROWS+=("$row")  # items are settled in the order they ran
   done
   HPC_BUNDLE_BYTES=$((HPC_BUNDLE_BYTES + HPC_FILES_BYTES))
   if ((rc == HPC_RC_UNSUPPORTED)); then
     rc=0
     hpc_first_line note "$path" "$dir"
     note="unsupported: $note"
-    extra=" unsupported"
     HPC_SKIPPED_ITEMS=$((HPC_SKIPPED_ITEMS + 1))
   fi
   if ((${#HPC_UNREDACTED[@]})); then
@@ -711,14 +810,29 @@ hpc_settle_item() {
     ((rc != 0)) || rc=$HPC_RC_UNREDACTED
   fi
   hpc_manifest_row "$name" "$rc" "$ms" "$HPC_FILES_BYTES" "$timed_out" "$cut" "$redactions" "$note"
+  # Its progress line came when it ended (hpc_item_progress); what only settling tells, now.
+  if [[ $note == removed* || $note == cut\ to\ fit* ]]; then
+    hpc_progress "$name: $note"
+  fi
+}
+
+# The line that says an item has ended, printed at once (its redaction goes on in the
+# background): rc, time, size once capped, and what was cut or timed out.
+hpc_item_progress() {
+  local name=$1 rc=$2 ms=$3 timed_out=$4 cut=0 size file took shown extra=""
+  [[ ! -f $HPC_CUTS_FILE ]] || while IFS=$'\t' read -r file size; do
+    [[ -z $file ]] || cut=$((cut + size))
+  done <"$HPC_CUTS_FILE"
   hpc_format_ms took "$ms" 1
   hpc_format_bytes shown "$HPC_FILES_BYTES"
+  if ((rc == HPC_RC_UNSUPPORTED)); then
+    rc=0 extra=" unsupported"
+  fi
   ((timed_out == 0)) || extra+=" TIMED OUT"
   if ((cut > 0)); then
     hpc_format_bytes size "$cut"
     extra+=" cut $size"
   fi
-  ((redactions == 0)) || extra+=" redacted $redactions"
   hpc_progress "$name rc=$rc ${took}s $shown$extra"
 }
 

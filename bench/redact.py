@@ -12,7 +12,11 @@ planted secret every `--secret-every` lines (so every file has some to splice in
 
 - copy: `cat` of every file into another folder (what the file items themselves cost);
 - redaction: lib.sh's hpc_redact_item on each item's files, exactly as the node runs it;
-- tar: `tar -czf` of the redacted folder, as the node packages it.
+- tar: `tar -czf` of the redacted folder, as the node packages it;
+- items: the same files gathered by items through lib.sh's hpc_run_item (each item copies its
+  files with cat), as the node script runs them, once with redaction and once without: redaction
+  runs in the background while the next item runs, and what it adds to the items' time is the
+  difference.
 
 It prints MB/s, the seconds for 2 GB (extrapolated) and redaction's share of two durations of a
 collection of 2 GB: the least one (copy and tar of those bytes, nothing else) and a typical one,
@@ -198,6 +202,48 @@ echo "$total"
 """
 
 
+# The items of ITEMS run as the node script runs items (hpc_run_item: time limits, caps, the
+# background redaction of one item while the next runs), each copying its files with cat.
+ITEMS_DRIVER = r"""
+set -uo pipefail
+source "$1/lib.sh"; source "$1/redact.sh"
+HPC_WORK_DIR=$2 HPC_REPORT_DIR=$2/report HPC_CUTS_FILE=$2/cuts.tsv HPC_WORK_ROOT=$2
+HPC_ITEM_TIMEOUT=3600 HPC_MIN_FREE_MB=0 HPC_DEADLINE_SECONDS=100000 HPC_BUNDLE_CAP_MB=1000000
+HPC_FILE_CAP_BYTES=$((50 * 1048576)) HPC_BUNDLE_CAP_BYTES=$((HPC_BUNDLE_CAP_MB * 1048576))
+hpc_start_clock "$HPC_DEADLINE_SECONDS"
+exec {HPC_LOCK_FD}</dev/null
+hpc_prepare_redaction "$HPC_WORK_DIR"
+hpc_prepare_redaction_slots
+[[ $3 == redact ]] || hpc_redact_item() { :; }
+source=$4
+shift 4
+n=0
+for spec in "$@"; do
+  n=$((n + 1))
+  eval "item_bench_$n() { cat -- $(printf '%q' "$source/$spec"); }"
+  hpc_run_item "bench_$n" "$spec" function "item_bench_$n" >/dev/null
+done
+hpc_settle_all >/dev/null
+total=0
+for row in "${HPC_MANIFEST_ROWS[@]}"; do IFS=$'\t' read -r -a cells <<<"$row"; total=$((total + cells[6])); done
+echo "$total"
+"""
+
+
+def gather_items(work: Path, pristine: Path, items: dict[str, list[Path]], redact: bool) -> int:
+    """Gathers every file of ITEMS into work/report through hpc_run_item, one item per file."""
+    specs = [str(p.relative_to(pristine / "report")) for files in items.values() for p in files
+             if p.suffix != ".gz"]
+    for spec in {str(Path(s).parent) for s in specs if "/" in s}:
+        (work / "report" / spec).mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["bash", "-c", ITEMS_DRIVER, "bench", str(BASH_DIR), str(work),
+                           "redact" if redact else "plain", str(pristine / "report"), *specs],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"items failed (rc {proc.returncode}): {proc.stderr.strip()[-400:]}")
+    return int(proc.stdout.split()[-1])
+
+
 def timed(fn) -> tuple[float, object]:
     start = time.perf_counter()
     result = fn()
@@ -266,26 +312,38 @@ def main() -> int:
         fresh_work()  # also warms the page cache for every step alike
         copy_s, _ = best_of(args.runs, fresh_copy, lambda: copy_all(work / "report", root / "copy"))
         redact_s, count = best_of(args.runs, fresh_work, lambda: redact_all(work, report_items))
+        missed = leaked(report_items)
         tar_s, _ = best_of(args.runs, lambda: None, lambda: subprocess.run(
             ["tar", "-C", str(work), "-czf", str(root / "report.tar.gz"), "report"], check=True))
+
+        def empty_work() -> None:
+            shutil.rmtree(work, ignore_errors=True)
+            (work / "report").mkdir(parents=True)
+            (work / "tmp").mkdir()
+
+        plain_items_s, _ = best_of(args.runs, empty_work, lambda: gather_items(work, pristine, items, False))
+        redacted_items_s, item_count = best_of(args.runs, empty_work, lambda: gather_items(work, pristine, items, True))
+        added_s = max(0.0, redacted_items_s - plain_items_s)
         scale = TWO_GB_MB / megabytes
         least_s = (copy_s + tar_s) * scale
         typical_s = TYPICAL_OTHER_WORK_S + least_s
         print(f"report: {megabytes:.0f} MB in {sum(map(len, items.values()))} files, {lines} lines, "
               f"{planted} planted secrets, {count} redactions; {os.cpu_count()} CPUs, load average "
               f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after; best of {args.runs}")
-        for name, seconds in (("copy (cat)", copy_s), ("redaction", redact_s), ("tar -czf", tar_s)):
+        for name, seconds in (("copy (cat)", copy_s), ("redaction", redact_s), ("tar -czf", tar_s),
+                              ("items", plain_items_s), ("items+redact", redacted_items_s)):
             print(f"{name:12}  {seconds:6.2f} s  {megabytes / seconds:7.1f} MB/s  2 GB: {seconds * scale:6.1f} s")
-        print(f"redaction: {redact_s / copy_s:.1f}x the copy")
+        print(f"redaction: {redact_s / copy_s:.1f}x the copy; run by the items, in the background while the "
+              f"next item runs, it adds {added_s:.2f} s ({item_count} redactions)")
         for name, total in (("least", least_s), ("typical", typical_s)):
-            share = redact_s * scale / total
-            print(f"{name} collection of 2 GB: {total:6.1f} s; redaction adds {share:5.1%}; goal <= "
-                  f"{GOAL_SHARE:.0%}: {'met' if share <= GOAL_SHARE else 'NOT met'}")
-        missed = leaked(report_items)
+            alone, overlapped = redact_s * scale / total, added_s * scale / total
+            print(f"{name} collection of 2 GB: {total:6.1f} s; redaction alone is {alone:5.1%} of it, as the node "
+                  f"script runs it it adds {overlapped:5.1%}; goal <= {GOAL_SHARE:.0%}: "
+                  f"{'met' if overlapped <= GOAL_SHARE else 'NOT met'}")
         if missed:
             print("NOT REDACTED: " + "; ".join(missed))
             return 1
-        return 0 if redact_s * scale <= GOAL_SHARE * typical_s else 1
+        return 0 if added_s * scale <= GOAL_SHARE * typical_s else 1
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
