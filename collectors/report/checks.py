@@ -429,7 +429,9 @@ UNIT_NAME = rb"(?P<unit>[\w@:.\\-]+\.(?:service|socket|mount|timer|path|scope|ta
 # A unit line may start with systemd's bullet (one character, several bytes: ●, ×, or * in plain ASCII).
 FAILED_LISTED_RE = re.compile(rb"^\s*(?:\S+\s+)?" + UNIT_NAME + rb"\s+\S+\s+failed\s+\S+")
 STATUS_HEADER_RE = re.compile(rb"^\s*(?:\S+\s+)?" + UNIT_NAME + rb"(?: - |$)")
-STATUS_FAILED_RE = re.compile(rb"^\s*Active: failed\b")
+# Failed, or in a restart loop after a failure (systemctl status: "activating (auto-restart) (Result: exit-code)").
+STATUS_FAILED_RE = re.compile(rb"^\s*Active: (?:failed\b|activating \(auto-restart\) \(Result: (?!success))")
+RESTART_COUNTER_RE = re.compile(rb"systemd\[1\]: " + UNIT_NAME + rb": Scheduled restart job, restart counter is at (\d+)")
 # What systemd writes when a unit fails (journal lines of systemd[1]); the older wording is
 # systemd 219's (CentOS 7, tests/fixtures/realworld).
 JOURNAL_FAILED_RE = re.compile(
@@ -441,7 +443,8 @@ JOURNAL_FAILED_RE = re.compile(
 class FailedUnits(NodeTest):
     """Units that failed: listed by `systemctl list-units --failed`, `Active: failed` in a status
     file, or systemd's own journal lines ("Failed with result", "Main process exited"). A unit
-    failed now (listed, or its status says so) is judged by `params.units`; one that failed and is
+    failed now (listed, its status says so, or systemd restarted it `params.restart_loop` times
+    or more: a crash loop) is judged by `params.units`; one that failed and is
     no longer failed ran again since, a warning. A unit whose entry `needs` a bundle file counts
     only where that file is (the Fabric Manager runs only on NVSwitch nodes: elsewhere it fails by
     design, NV_WARN_NOTHING_TO_DO)."""
@@ -467,6 +470,9 @@ class FailedUnits(NodeTest):
             journal = JOURNAL_FAILED_RE.search(line)
             if journal:
                 self.note(self.earlier, journal.group("unit") or journal.group("old"), path, number, line)
+            restarts = RESTART_COUNTER_RE.search(line)
+            if restarts and int(restarts.group(2)) >= int(self.rule.params.get("restart_loop", 3)):
+                self.note(self.now, restarts.group("unit"), path, number, line)
 
     def note(self, table: dict[str, Hit], unit: bytes, path: str, number: int, line: bytes) -> None:
         name = unit_key(decode(unit))
