@@ -18,8 +18,8 @@ def decode(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-# nvidia-smi writes some flags as words: remapped_rows.pending and .failure are "Yes"/"No" on some
-# drivers and 0/1 on others (tests/fixtures/realworld has both).
+# nvidia-smi writes some flags as words where others are counts ("Pending : Yes" in -q, 0/1 in the
+# remapped-rows CSV of the drivers we have seen); a word is read as the count it stands for.
 CSV_WORDS = {b"yes": 1.0, b"no": 0.0, b"active": 1.0, b"not active": 0.0}
 
 
