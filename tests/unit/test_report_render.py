@@ -163,6 +163,8 @@ def test_the_page_has_a_cell_per_node_a_section_per_finding_and_a_row_per_node(d
     findings = page.all("details", **{"class": "finding"})
     assert [item["id"] for item in findings] == [f"f{n}" for n in range(len(doc["findings"]))]
     assert [item["data-severity"] for item in findings] == [f["severity"] for f in doc["findings"]]
+    tooltip = re.search(r"<title>(ip-10-1-4-1 · [^<]*)</title>", html_page(doc))[1]  # what hovering shows
+    assert "CRITICAL Xid 79: GPU has fallen off the bus" in tooltip and "collection: ok" in tooltip
     not_read = [key for key, node in doc["node_index"].items() if not node["read"]]
     assert len(page.all("rect", **{"class": "hatch"})) == len(not_read) == 3  # unreachable, skipped, timed out
 
