@@ -13,8 +13,6 @@ from collectors.report.catalog import SEVERITIES
 COLLECTION_RULES = ("collect.item_",)
 # An evidence line on screen: with its label, node and place it stays within 160 columns.
 EVIDENCE_WIDTH = 110
-# Nodes of one finding whose evidence the documents show; findings.json has the rest.
-NODES_WITH_EVIDENCE = 20
 
 
 def by_severity(doc: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:

@@ -26,6 +26,7 @@ from collectors.report.render import (cluster_head, collected_text, diff_lines, 
 
 ASSETS = Path(__file__).resolve().parent / "page"
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+# Nodes of one finding shown with their evidence; the rest are named, findings.json has their lines.
 NODES_WITH_EVIDENCE = 50
 GPU_MATRIX_ROWS = 100
 
