@@ -86,7 +86,7 @@ def collected_text(doc: dict[str, Any]) -> str:
 def health_text(doc: dict[str, Any]) -> str:
     nodes = doc["nodes"]
     counts = ", ".join(f"{count} {severity}" for severity, count in nodes["findings_by_severity"].items() if count)
-    out = f"; out of service: {nodes['unavailable_set']}" if nodes.get("unavailable") else ""
+    out = f"; out of service: {nodes['unavailable']} ({nodes['unavailable_set']})" if nodes.get("unavailable") else ""
     return f"healthy: {nodes['healthy']} node(s) with nothing above info{out}; findings: {counts or 'none'}"
 
 
