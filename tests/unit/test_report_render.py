@@ -167,6 +167,9 @@ def test_the_page_has_a_cell_per_node_a_section_per_finding_and_a_row_per_node(d
     assert "CRITICAL Xid 79: GPU has fallen off the bus" in tooltip and "collection: ok" in tooltip
     not_read = [key for key, node in doc["node_index"].items() if not node["read"]]
     assert len(page.all("rect", **{"class": "hatch"})) == len(not_read) == 3  # unreachable, skipped, timed out
+    # Out of service (engine.py's unavailable: the drained ip-10-1-5-4, the failed ip-10-1-5-1): barred.
+    assert doc["nodes"]["unavailable_set"] == "ip-10-1-5-[1,4]"
+    assert len(page.all("rect", **{"class": "out-mark"})) == doc["nodes"]["unavailable"] == 2
 
 
 def test_the_page_loads_nothing_and_escapes_every_value(doc):
