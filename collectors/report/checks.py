@@ -41,6 +41,10 @@ class NodeTest(ABC):
     def finish(self) -> list[Hit]:
         """What the lines showed, once the bundle has been read."""
 
+    def literal(self, path: str) -> bytes | None:
+        """A string every line this test needs from `path` holds, or None to be fed every line."""
+        return None
+
     def hit(self, key: str | None, path: str, number: int | None, line: bytes | str, **extra: Any) -> Hit:
         proof = Evidence.of_line(path, number, line if isinstance(line, bytes) else line.encode())
         return Hit(rule=self.rule.id, key=key, count=1, evidence=[proof], **extra)
@@ -473,6 +477,11 @@ class FailedUnits(NodeTest):
             restarts = RESTART_COUNTER_RE.search(line)
             if restarts and int(restarts.group(2)) >= int(self.rule.params.get("restart_loop", 3)):
                 self.note(self.now, restarts.group("unit"), path, number, line)
+
+    def literal(self, path: str) -> bytes | None:
+        """In logs only systemd's own lines matter; the unit lists and status files are read whole."""
+        return None if path.endswith(("systemd_failed.txt", "_status.txt")) or path == "fabricmanager.txt" \
+            else b"systemd[1]: "
 
     def note(self, table: dict[str, Hit], unit: bytes, path: str, number: int, line: bytes) -> None:
         name = unit_key(decode(unit))
