@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from collectors.report import nodeset
+from collectors.report.cluster_api import CLUSTER_API_TESTS
 from collectors.report.model import CsvRows, Evidence, Hit, RunView, csv_number, decode, gpu_id
 from collectors.state import SUCCESS_STATUSES
 
@@ -837,4 +838,5 @@ TESTS: dict[str, dict[str, Any]] = {
               "bundle_missing": bundle_missing},
     "kubectl": {"hyperpod_labels": hyperpod_labels, "node_conditions": node_conditions, "pod_states": pod_states},
     "fleet": {"majority": majority, "expected_count": expected_count},
+    "cluster_api": CLUSTER_API_TESTS,
 }

@@ -10,6 +10,7 @@ from typing import Any
 
 from collectors.report import nodeset
 from collectors.report.catalog import SEVERITIES, Catalog, load
+from collectors.report.cluster_api import load_cluster_api, summary as cluster_api_summary
 from collectors.report.findings import Finding, build_findings, finding_nodes
 from collectors.report.kube import KUBECTL_BUNDLE, load_kube
 from collectors.report.model import NodeScan, RunView
@@ -32,7 +33,8 @@ def build_report(run_dir: Path, state: dict[str, Any], workers: int | None = Non
     bundles = sorted((run_dir / RESULTS_DIR).glob("*.tar.gz"))
     workers = workers if workers is not None else default_workers()
     scans = scan_bundles(bundles, workers, catalog)
-    view = RunView(nodes=state.get("nodes", {}), scans=index_scans(scans), kube=load_kube(run_dir))
+    view = RunView(nodes=state.get("nodes", {}), scans=index_scans(scans), kube=load_kube(run_dir),
+                   cluster=load_cluster_api(run_dir))
     # The second net (issue 14): secrets the nodes' redaction left in the bundles, as findings.
     findings = sorted(build_findings(catalog, view) + secret_findings(run_dir, bundles, workers), key=Finding.sort_key)
     return {
@@ -45,6 +47,7 @@ def build_report(run_dir: Path, state: dict[str, Any], workers: int | None = Non
         "nodes": node_summary(view, findings),
         "node_index": node_index(view),
         "kubectl": kubectl_summary(view),
+        "cluster_api": cluster_api_summary(view.cluster),
         "findings": [finding_document(finding, view) for finding in findings],
         "fleet": fleet_summary(view),
         "counters": {iid: scan.counters for iid, scan in sorted(view.scans.items()) if scan.counters},

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collectors.report.cluster_api import ClusterRecord
 
 EVIDENCE_CHARS = 400
 # A PCI address as the tools print a GPU's: nvidia-smi 00000000:53:00.0, NVRM's Xid lines 0000:53:00,
@@ -143,3 +146,4 @@ class RunView:
     nodes: dict[str, dict[str, Any]]
     scans: dict[str, NodeScan]
     kube: KubeState | None = None
+    cluster: "ClusterRecord | None" = None  # HyperPod's record: events, lifecycle and agent logs
