@@ -3,5 +3,6 @@ the kubectl bundle and the state file, folded into findings across the fleet.
 
 catalog.py loads and checks the catalog; scan.py streams each bundle through it; checks.py holds
 the rules written in Python; findings.py folds hits across nodes; engine.py makes the report
-document; render.py and diff.py turn it into text.
+document; diff.py compares two of them; screen.py, render_md.py and render_html.py (with fleetview.py,
+svg.py and logtime.py) turn it into the screen, report.md and report.html.
 """

@@ -22,7 +22,7 @@ from collectors.report.literals import required_literals
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 SEVERITIES = ("critical", "high", "warning", "info")
-SOURCES = ("node", "kubectl", "state", "fleet")
+SOURCES = ("node", "kubectl", "state", "fleet", "cluster_api")
 FACT_TAKES = ("first", "count", "distinct", "sum")
 RULE_ID_RE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")
 # A cause in consequence_of: a rule id, or a glob over rule ids, optionally with `:key` (a glob too).

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from collectors.report import nodeset
+from collectors.report.cluster_api import CLUSTER_API_TESTS
 from collectors.report.model import CsvRows, Evidence, Hit, RunView, csv_number, decode, gpu_id
 from collectors.state import SUCCESS_STATUSES
 
@@ -40,6 +41,10 @@ class NodeTest(ABC):
     @abstractmethod
     def finish(self) -> list[Hit]:
         """What the lines showed, once the bundle has been read."""
+
+    def literal(self, path: str) -> bytes | None:
+        """A string every line this test needs from `path` holds, or None to be fed every line."""
+        return None
 
     def hit(self, key: str | None, path: str, number: int | None, line: bytes | str, **extra: Any) -> Hit:
         proof = Evidence.of_line(path, number, line if isinstance(line, bytes) else line.encode())
@@ -429,7 +434,9 @@ UNIT_NAME = rb"(?P<unit>[\w@:.\\-]+\.(?:service|socket|mount|timer|path|scope|ta
 # A unit line may start with systemd's bullet (one character, several bytes: ●, ×, or * in plain ASCII).
 FAILED_LISTED_RE = re.compile(rb"^\s*(?:\S+\s+)?" + UNIT_NAME + rb"\s+\S+\s+failed\s+\S+")
 STATUS_HEADER_RE = re.compile(rb"^\s*(?:\S+\s+)?" + UNIT_NAME + rb"(?: - |$)")
-STATUS_FAILED_RE = re.compile(rb"^\s*Active: failed\b")
+# Failed, or in a restart loop after a failure (systemctl status: "activating (auto-restart) (Result: exit-code)").
+STATUS_FAILED_RE = re.compile(rb"^\s*Active: (?:failed\b|activating \(auto-restart\) \(Result: (?!success))")
+RESTART_COUNTER_RE = re.compile(rb"systemd\[1\]: " + UNIT_NAME + rb": Scheduled restart job, restart counter is at (\d+)")
 # What systemd writes when a unit fails (journal lines of systemd[1]); the older wording is
 # systemd 219's (CentOS 7, tests/fixtures/realworld).
 JOURNAL_FAILED_RE = re.compile(
@@ -441,7 +448,8 @@ JOURNAL_FAILED_RE = re.compile(
 class FailedUnits(NodeTest):
     """Units that failed: listed by `systemctl list-units --failed`, `Active: failed` in a status
     file, or systemd's own journal lines ("Failed with result", "Main process exited"). A unit
-    failed now (listed, or its status says so) is judged by `params.units`; one that failed and is
+    failed now (listed, its status says so, or systemd restarted it `params.restart_loop` times
+    or more: a crash loop) is judged by `params.units`; one that failed and is
     no longer failed ran again since, a warning. A unit whose entry `needs` a bundle file counts
     only where that file is (the Fabric Manager runs only on NVSwitch nodes: elsewhere it fails by
     design, NV_WARN_NOTHING_TO_DO)."""
@@ -467,6 +475,14 @@ class FailedUnits(NodeTest):
             journal = JOURNAL_FAILED_RE.search(line)
             if journal:
                 self.note(self.earlier, journal.group("unit") or journal.group("old"), path, number, line)
+            restarts = RESTART_COUNTER_RE.search(line)
+            if restarts and int(restarts.group(2)) >= int(self.rule.params.get("restart_loop", 3)):
+                self.note(self.now, restarts.group("unit"), path, number, line)
+
+    def literal(self, path: str) -> bytes | None:
+        """In logs only systemd's own lines matter; the unit lists and status files are read whole."""
+        return None if path.endswith(("systemd_failed.txt", "_status.txt")) or path == "fabricmanager.txt" \
+            else b"systemd[1]: "
 
     def note(self, table: dict[str, Hit], unit: bytes, path: str, number: int, line: bytes) -> None:
         name = unit_key(decode(unit))
@@ -822,4 +838,5 @@ TESTS: dict[str, dict[str, Any]] = {
               "bundle_missing": bundle_missing},
     "kubectl": {"hyperpod_labels": hyperpod_labels, "node_conditions": node_conditions, "pod_states": pod_states},
     "fleet": {"majority": majority, "expected_count": expected_count},
+    "cluster_api": CLUSTER_API_TESTS,
 }

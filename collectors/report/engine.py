@@ -10,10 +10,12 @@ from typing import Any
 
 from collectors.report import nodeset
 from collectors.report.catalog import SEVERITIES, Catalog, load
+from collectors.report.cluster_api import load_cluster_api, summary as cluster_api_summary
 from collectors.report.findings import Finding, build_findings, finding_nodes
 from collectors.report.kube import KUBECTL_BUNDLE, load_kube
 from collectors.report.model import NodeScan, RunView
 from collectors.report.scan import scan_bundles
+from collectors.report.secrets import secret_findings
 from collectors.state import RESULTS_DIR, utc_now
 
 REPORT_SCHEMA_VERSION = 1
@@ -29,9 +31,12 @@ def build_report(run_dir: Path, state: dict[str, Any], workers: int | None = Non
     catalog = catalog or load()
     started = time.monotonic()
     bundles = sorted((run_dir / RESULTS_DIR).glob("*.tar.gz"))
-    scans = scan_bundles(bundles, workers if workers is not None else default_workers(), catalog)
-    view = RunView(nodes=state.get("nodes", {}), scans=index_scans(scans), kube=load_kube(run_dir))
-    findings = build_findings(catalog, view)
+    workers = workers if workers is not None else default_workers()
+    scans = scan_bundles(bundles, workers, catalog)
+    view = RunView(nodes=state.get("nodes", {}), scans=index_scans(scans), kube=load_kube(run_dir),
+                   cluster=load_cluster_api(run_dir))
+    # The second net (issue 14): secrets the nodes' redaction left in the bundles, as findings.
+    findings = sorted(build_findings(catalog, view) + secret_findings(run_dir, bundles, workers), key=Finding.sort_key)
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "catalog_version": catalog.version,
@@ -42,6 +47,7 @@ def build_report(run_dir: Path, state: dict[str, Any], workers: int | None = Non
         "nodes": node_summary(view, findings),
         "node_index": node_index(view),
         "kubectl": kubectl_summary(view),
+        "cluster_api": cluster_api_summary(view.cluster),
         "findings": [finding_document(finding, view) for finding in findings],
         "fleet": fleet_summary(view),
         "counters": {iid: scan.counters for iid, scan in sorted(view.scans.items()) if scan.counters},

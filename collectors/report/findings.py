@@ -83,7 +83,7 @@ def collect_hits(catalog: Catalog, view: RunView) -> list[tuple[str, Hit]]:
             else:
                 seen_by_others.append((ref, from_other_bundle(hit, scan)))
     placed += seen_by_others
-    for source in ("state", "kubectl", "fleet"):
+    for source in ("state", "kubectl", "fleet", "cluster_api"):
         for rule in catalog.rules_from(source):
             for hit in TESTS[source][rule.test](rule, view):
                 placed.append((index.resolve(hit.subject or ""), hit))

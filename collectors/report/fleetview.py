@@ -120,7 +120,14 @@ def outcome_counts(views: list[NodeView]) -> dict[str, Counter]:
 class GpuCell:
     severity: str
     codes: list[str] = field(default_factory=list)  # Xid codes, the one that came first on the GPU first
+    kinds: list[str] = field(default_factory=list)  # the other GPU findings by kind: ecc, remap, nvlink, ...
     titles: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """What the cell shows: its Xid codes, else the kinds of its findings (two at most)."""
+        shown = self.codes or self.kinds
+        return ",".join(shown[:2]) + ("+" if len(shown) > 2 else "")
 
 
 @dataclass
@@ -196,7 +203,14 @@ def add_to_cell(cells: dict[str, GpuCell], gpu: str, finding: dict[str, Any], fi
             cell.codes.insert(0, finding["key"])
         else:
             cell.codes.append(finding["key"])
+    elif finding_kind(finding) not in cell.kinds:
+        cell.kinds.append(finding_kind(finding))
     cell.titles.append(finding["title"])
+
+
+def finding_kind(finding: dict[str, Any]) -> str:
+    """gpu.ecc_volatile -> ecc, gpu.remap_pending -> remap: the first word of the rule's name."""
+    return finding["rule"].split(".", 1)[-1].split("_", 1)[0]
 
 
 def csv_indexes(node: dict[str, Any]) -> dict[str, int]:

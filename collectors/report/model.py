@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collectors.report.cluster_api import ClusterRecord
 
 EVIDENCE_CHARS = 400
 # A PCI address as the tools print a GPU's: nvidia-smi 00000000:53:00.0, NVRM's Xid lines 0000:53:00,
@@ -18,8 +21,8 @@ def decode(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-# nvidia-smi writes some flags as words: remapped_rows.pending and .failure are "Yes"/"No" on some
-# drivers and 0/1 on others (tests/fixtures/realworld has both).
+# nvidia-smi writes some flags as words where others are counts ("Pending : Yes" in -q, 0/1 in the
+# remapped-rows CSV of the drivers we have seen); a word is read as the count it stands for.
 CSV_WORDS = {b"yes": 1.0, b"no": 0.0, b"active": 1.0, b"not active": 0.0}
 
 
@@ -143,3 +146,4 @@ class RunView:
     nodes: dict[str, dict[str, Any]]
     scans: dict[str, NodeScan]
     kube: KubeState | None = None
+    cluster: "ClusterRecord | None" = None  # HyperPod's record: events, lifecycle and agent logs

@@ -13,8 +13,6 @@ from collectors.report.catalog import SEVERITIES
 COLLECTION_RULES = ("collect.item_",)
 # An evidence line on screen: with its label, node and place it stays within 160 columns.
 EVIDENCE_WIDTH = 110
-# Nodes of one finding whose evidence the documents show; findings.json has the rest.
-NODES_WITH_EVIDENCE = 20
 
 
 def by_severity(doc: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -88,7 +86,7 @@ def collected_text(doc: dict[str, Any]) -> str:
 def health_text(doc: dict[str, Any]) -> str:
     nodes = doc["nodes"]
     counts = ", ".join(f"{count} {severity}" for severity, count in nodes["findings_by_severity"].items() if count)
-    out = f"; out of service: {nodes['unavailable_set']}" if nodes.get("unavailable") else ""
+    out = f"; out of service: {nodes['unavailable']} ({nodes['unavailable_set']})" if nodes.get("unavailable") else ""
     return f"healthy: {nodes['healthy']} node(s) with nothing above info{out}; findings: {counts or 'none'}"
 
 

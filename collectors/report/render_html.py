@@ -26,6 +26,7 @@ from collectors.report.render import (cluster_head, collected_text, diff_lines, 
 
 ASSETS = Path(__file__).resolve().parent / "page"
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+# Nodes of one finding shown with their evidence; the rest are named, findings.json has their lines.
 NODES_WITH_EVIDENCE = 50
 GPU_MATRIX_ROWS = 100
 
@@ -108,7 +109,8 @@ def gpu_section(doc: dict[str, Any], views: list[NodeView], anchors: dict[str, s
     parts = [gpu_table(group, matrix, anchors) for group, matrix in matrices.items()]
     return (f"<section id='gpus'><h2>GPU matrix</h2>{severity_legend()}<p class='hint'>Nodes with a GPU finding, one "
             f"column per GPU by PCI address (with its nvidia-smi index where the bundle gave it), coloured by the "
-            f"GPU's worst finding; the cell shows its Xid codes, the first (the root cause) first. "
+            f"GPU's worst finding; the cell shows its Xid codes, the first (the root cause) first, or the kinds of its "
+            f"other findings (ecc, remap, nvlink, smi, ...). "
             f"<b>{NODE_WIDE}</b>: GPU findings that name no single GPU.</p>{''.join(parts)}</section>")
 
 
@@ -122,9 +124,8 @@ def gpu_table(group: str, matrix: GpuMatrix, anchors: dict[str, str]) -> str:
             if cell is None:
                 tds.append("<td class='empty'></td>")
                 continue
-            codes = ",".join(cell.codes[:2]) + ("+" if len(cell.codes) > 2 else "")
             tip = f"{view.name} {column_label(column, matrix)}: " + "; ".join(dict.fromkeys(cell.titles))
-            tds.append(f"<td class='s-{cell.severity}' title='{svg.attr(tip)}'>{escape(codes)}</td>")
+            tds.append(f"<td class='s-{cell.severity}' title='{svg.attr(tip)}'>{escape(cell.label)}</td>")
         rows.append(f"<tr><th><a href='#{anchors[view.key]}'>{escape(view.name)}</a></th>{''.join(tds)}</tr>")
     more = len(matrix.rows) - GPU_MATRIX_ROWS
     note = f"<p class='hint'>{more} more node(s) with GPU findings: see the node table.</p>" if more > 0 else ""

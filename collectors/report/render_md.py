@@ -16,10 +16,12 @@ import re
 from typing import Any
 
 from collectors.report.fleetview import OUTCOMES, node_views, outcome_counts
-from collectors.report.render import (NODES_WITH_EVIDENCE, by_severity, cluster_head, collected_text, fallout,
+from collectors.report.render import (by_severity, cluster_head, collected_text, fallout,
                                       health_text, kubernetes_lines, node_name, one_line, plural, where)
 
 MAX_LINE = 200
+# Nodes of one finding whose evidence report.md shows: a paste stays short; findings.json has the rest.
+NODES_WITH_EVIDENCE = 20
 WRAP_AT = 180
 CELL_WIDTH = 60
 # What may begin a block and so end a paragraph (CommonMark 0.30 sections 4 and 5, GFM 4.10): list

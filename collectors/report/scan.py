@@ -96,7 +96,11 @@ class BundleReader:
         source = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
         file_hits = FileHits(path)
         pattern_rules = [rule for rule in rules if rule.pattern is not None]
-        line_rules = [rule for rule in rules if rule.pattern is None]
+        # A test that needs only the lines holding a literal of this file (a unit failure among a
+        # syslog's lines) is fed those; the others see every line.
+        sparse = {rule.id: literal for rule in rules if rule.test
+                  and (literal := self.test(rule).literal(path)) is not None}
+        line_rules = [rule for rule in rules if rule.pattern is None and rule.id not in sparse]
         csv_facts = [fact for fact in facts if fact.csv is not None]
         csv = CsvRows() if any(rule.csv for rule in line_rules) or csv_facts else None
         line_base = 0
@@ -107,6 +111,8 @@ class BundleReader:
             self.facts.read(facts, path, block, line_base)
             if line_rules or csv_facts:
                 self.read_lines(line_rules, csv_facts, csv, path, block, line_base, file_hits)
+            for rule_id, literal in sparse.items():
+                feed_lines_with(self.tests[rule_id], literal, path, block, line_base)
             line_base += block.count(b"\n")
         file_hits.merge_into(self.hits)
         self.gpu_order.add(file_hits, {rule.id: rule.file_rank(path.removesuffix(".gz")) for rule in pattern_rules})
@@ -162,6 +168,18 @@ def blocks(source: IO[bytes]) -> Iterator[bytes]:
         carry = data[cut + 1:]
     if carry:
         yield carry
+
+
+def feed_lines_with(test: NodeTest, literal: bytes, path: str, block: bytes, line_base: int) -> None:
+    """Feed the test the lines of the block that hold the literal, with their line numbers."""
+    counted_to, number = 0, line_base + 1
+    at = block.find(literal)
+    while at >= 0:
+        start, end = block.rfind(b"\n", 0, at) + 1, line_end(block, at)
+        number += block.count(b"\n", counted_to, start)
+        counted_to = start
+        test.feed(path, number, block[start:end])
+        at = block.find(literal, end)
 
 
 def match_pattern(rule: Rule, block: bytes, line_base: int, file_hits: FileHits) -> None:

@@ -28,6 +28,7 @@ from collectors.errors import SandboxError
 from collectors.sandbox.services import start_node_services, stop_node_services
 from collectors.sandbox.content import ClusterFacts, Node, stand_in_kind
 from collectors.sandbox.credentials import FAKE_CREDENTIALS
+from collectors.sandbox.history import cluster_history
 from collectors.sandbox.entry import (
     is_same_process,
     node_shell_env,
@@ -254,6 +255,8 @@ def create_cluster(spec: SandboxSpec, clients: dict) -> tuple[ClusterFacts, dict
         VpcConfig={"SecurityGroupIds": SECURITY_GROUP_IDS, "Subnets": SUBNET_IDS},
         Orchestrator=create_orchestrator(spec, clients),
         NodeRecovery="Automatic",
+        # Clusters created now provision continuously, which cluster events need.
+        NodeProvisioningMode="Continuous",
     )["ClusterArn"]
     nodes, settings = [], {}
     index_in_group: dict[str, int] = {}
@@ -421,6 +424,9 @@ class Sandbox:
         for instance_id, node in settings.items():
             if node["status"] != "Running":
                 self.post_node_status(spec.cluster, spec.region, instance_id, node["status"], node["message"])
+        self.control("POST", "/_emu/cluster-history", {
+            "cluster": cluster.arn, "region": spec.region, "history": cluster_history(cluster, settings).as_json(),
+        })
         self.node_role = self.control("POST", "/_emu/node-role", {
             "role": execution_role_name(spec), "bucket": spec.bucket, "prefix": f"{REPORTS_PREFIX}/{spec.cluster}",
         })

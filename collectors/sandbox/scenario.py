@@ -31,6 +31,11 @@ ROLES = ("controller", "worker")
 NODE_STATUSES = ("Running", "Pending", "ShuttingDown", "SystemUpdating", "Failure", "DeepHealthCheckInProgress")
 SLURM_STATES = ("idle", "drain", "down")
 S3_ERROR_STATUSES = (403, 500, 503)
+# How a node's lifecycle scripts (the instance group's OnCreate) ended: what its CloudWatch
+# LifecycleConfig stream and its cluster events say (history.py).
+LIFECYCLE_OUTCOMES = ("ok", "failed")
+# IAM actions the operator may be denied (the `denied_actions` fault): the JSON APIs the tool calls.
+DENIABLE_SERVICES = ("sagemaker", "logs", "ssm")
 # Fixture packs (collectors/sandbox/packs.py renders them); the GPU ones need a GPU instance type.
 GPU_PACKS = ("xid79", "ecc", "nvlink")
 PACKS = ("healthy", *GPU_PACKS, "disk_full", "oom")
@@ -140,6 +145,15 @@ def seconds_window(value: Any, where: str) -> list[float]:
     return [start, end]
 
 
+def iam_action(value: Any, where: str) -> str:
+    """`service:Operation`, as IAM names an action (sagemaker:ListClusterEvents)."""
+    service, _, operation = text(value, where).partition(":")
+    if service not in DENIABLE_SERVICES or not operation.isalnum() or not operation[:1].isupper():
+        raise problem(where, f"must be an IAM action of {', '.join(DENIABLE_SERVICES)} such as "
+                             f"sagemaker:ListClusterEvents, not {value!r}")
+    return value
+
+
 def times(value: Any, where: str) -> int | str:
     if value == "always":
         return value
@@ -163,6 +177,8 @@ SCENARIO_FAULTS = {
     # Session Manager preferences (they apply to sessions started afterwards, as idle_timeout does).
     "run_as": optional(run_as_user),
     "shell_profile": optional(text),
+    # The operator's identity lacks these permissions: each call answers AccessDeniedException.
+    "denied_actions": list_of(iam_action),
 }
 NODE_FAULTS = {
     "target_not_connected": boolean,
@@ -175,7 +191,7 @@ NODE_FAULTS = {
 # What a fault is when a scenario does not set it: real SSM's idle timeout and line limit, nothing else.
 SCENARIO_FAULT_DEFAULTS = {"start_session_rate": None, "idle_timeout": 1200, "line_limit": 4096, "s3_put_failures": [],
                            "session_drop_rate": 0, "mid_session_drop_rate": 0, "mid_session_drop_window": [2, 60],
-                           "run_as": None, "shell_profile": None}
+                           "run_as": None, "shell_profile": None, "denied_actions": []}
 NODE_FAULT_DEFAULTS = {
     "target_not_connected": False, "session_drop_after": None, "session_drops": None, "slow": 0, "hang": [],
     "tmp_free_mb": None,
@@ -188,6 +204,7 @@ NODE_SETTINGS = mapping(
         "slurm": mapping({"state": choice(*SLURM_STATES), "reason": text}),
         "kubernetes": mapping({"ready": boolean, "labels": string_map}),
         "faults": mapping(NODE_FAULTS),
+        "lifecycle": choice(*LIFECYCLE_OUTCOMES),
     }
 )
 GROUP = mapping(
@@ -318,6 +335,7 @@ def node_settings(scenario_nodes: dict[str, dict], group: dict, index: int) -> d
         "slurm": entry.get("slurm", {}),
         "kubernetes": entry.get("kubernetes", {}),
         "faults": merged_faults(NODE_FAULT_DEFAULTS, entry.get("faults", {}), NODE_FAULT_DEFAULTS),
+        "lifecycle": entry.get("lifecycle", "ok"),
     }
 
 

@@ -20,10 +20,12 @@ server.json then also holds "imds_endpoint".
 """
 
 import argparse
+import base64
 import functools
 import hashlib
 import inspect
 import json
+import re
 import os
 import secrets
 import threading
@@ -36,6 +38,7 @@ from pathlib import Path
 
 import moto
 from moto.core.models import DEFAULT_ACCOUNT_ID
+from moto.logs.models import logs_backends
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.s3.models import s3_backends
 from moto.sagemaker import models as sagemaker_models
@@ -163,6 +166,7 @@ def with_cluster_id_arn(original_init: Callable) -> Callable:
         self.arn = f"{self.arn.rsplit('/', 1)[0]}/{cluster_id_for(cluster_name)}"
         self.orchestrator = None
         self.node_recovery = "Automatic"
+        self.node_provisioning_mode = None
 
     return init
 
@@ -191,6 +195,8 @@ def create_cluster_with_orchestrator(original: Callable) -> Callable:
         cluster = self.sagemaker_backend.clusters[self._get_param("ClusterName")]
         cluster.orchestrator = self._get_param("Orchestrator")
         cluster.node_recovery = self._get_param("NodeRecovery") or "Automatic"
+        # Continuous: what ListClusterEvents and DescribeClusterEvent need (ClusterEventStore).
+        cluster.node_provisioning_mode = self._get_param("NodeProvisioningMode")
         give_nodes_real_identities(cluster)
         return result
 
@@ -218,6 +224,8 @@ def cluster_describe_with_orchestrator(original: Callable) -> Callable:
         if self.orchestrator:
             description["Orchestrator"] = self.orchestrator
         description["NodeRecovery"] = self.node_recovery
+        if self.node_provisioning_mode:
+            description["NodeProvisioningMode"] = self.node_provisioning_mode
         description["InstanceGroups"] = [{**group, "Status": "InService"} for group in self.instance_groups]
         return description
 
@@ -579,6 +587,186 @@ class NodeStatusControl:
         return json_response(node_instance_status(node))
 
 
+# ---------------------------------------------------------------------------------------------
+# HyperPod's own record of the cluster: cluster events, and its CloudWatch log group
+
+SAGEMAKER_TARGET = "SageMaker."
+EVENT_PAGE_DEFAULT = 10  # the sandbox's choice when MaxResults is left out; the model allows 1..100
+EVENT_RESOURCE_TYPES = ("Cluster", "InstanceGroup", "Instance")
+NODE_ID_RE = re.compile(r"i-[a-f0-9]{8}(?:[a-f0-9]{9})?")
+EVENT_ID_RE = re.compile(r"[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}")
+CONTINUOUS_ONLY = ("{operation} is only supported for clusters whose NodeProvisioningMode is Continuous; "
+                   "cluster {name} has none")
+
+
+class ClusterEventStore:
+    """ListClusterEvents and DescribeClusterEvent (moto has neither), over the events control.py posts.
+
+    As the model and the API reference say: the cluster by name or ARN, events only for clusters
+    whose NodeProvisioningMode is Continuous, filters by instance group, node, resource type and time,
+    newest first unless SortOrder is Ascending, MaxResults 1..100 with an opaque NextToken.
+    POST /_emu/cluster-history {"cluster", "region", "history"} stores a cluster's events (history.py)
+    and writes its log group and streams into moto's CloudWatch Logs.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events: dict[str, list[dict]] = {}  # cluster ARN -> events, oldest first
+
+    def handle(self, request: Request) -> Response | None:
+        if request.path == "/_emu/cluster-history" and request.method == "POST":
+            return self.store(json.loads(request.get_data() or b"{}"))
+        target = request.headers.get("X-Amz-Target", "")
+        if target not in (SAGEMAKER_TARGET + "ListClusterEvents", SAGEMAKER_TARGET + "DescribeClusterEvent"):
+            return None
+        operation = target[len(SAGEMAKER_TARGET):]
+        body = json.loads(request.get_data() or b"{}")
+        scope = credential_scope(request)
+        cluster = find_cluster(body.get("ClusterName", ""), scope[2] if scope else None)
+        if cluster is None:
+            return aws_json_error("ResourceNotFound", f"Cluster {body.get('ClusterName')!r} not found.")
+        if cluster.node_provisioning_mode != "Continuous":
+            return aws_json_error("ValidationException",
+                                  CONTINUOUS_ONLY.format(operation=operation, name=cluster.cluster_name))
+        with self.lock:
+            events = list(self.events.get(cluster.arn, []))
+        if operation == "DescribeClusterEvent":
+            return self.describe(events, body)
+        return self.list(events, dict(body, ClusterName=cluster.arn))  # a token holds for the name and the ARN
+
+    def store(self, change: dict) -> Response:
+        cluster = find_cluster(change.get("cluster", ""), change.get("region"))
+        if cluster is None:
+            return json_response({"error": f"no cluster {change.get('cluster')}"}, 404)
+        history = change["history"]
+        for instance_id, launched in history["launched"].items():
+            cluster.nodes[instance_id].launch_time = datetime.fromtimestamp(launched, timezone.utc)
+        write_log_streams(change["region"], history["log_group"], history["streams"])
+        with self.lock:
+            self.events[cluster.arn] = sorted(history["events"], key=lambda item: item["EventTime"])
+        return json_response({"events": len(history["events"]), "streams": len(history["streams"])})
+
+    def describe(self, events: list[dict], body: dict) -> Response:
+        event_id = body.get("EventId", "")
+        if not EVENT_ID_RE.fullmatch(event_id):
+            return validation_error(event_id, "eventId", f"Member must satisfy regular expression pattern: "
+                                                         f"{EVENT_ID_RE.pattern}")
+        found = next((item for item in events if item["EventId"] == event_id), None)
+        if found is None:
+            return aws_json_error("ResourceNotFound", f"Event {event_id} not found.")
+        return json_response({"EventDetails": found}, content_type="application/x-amz-json-1.1")
+
+    def list(self, events: list[dict], body: dict) -> Response:
+        refused = list_refusal(body)
+        if refused is not None:
+            return refused
+        chosen = [item for item in events if event_matches(item, body)]
+        if body.get("SortOrder", "Descending") == "Descending":
+            chosen.reverse()
+        size = body.get("MaxResults", EVENT_PAGE_DEFAULT)
+        query = query_digest(body)
+        start = 0
+        if body.get("NextToken"):
+            start = token_offset(body["NextToken"], query)
+            if start is None:
+                return aws_json_error("ValidationException", "The NextToken is not valid for this request.")
+        page = [{key: value for key, value in item.items() if key != "EventDetails"}
+                for item in chosen[start:start + size]]
+        answer: dict = {"Events": page}
+        if start + size < len(chosen):
+            answer["NextToken"] = base64.urlsafe_b64encode(json.dumps([start + size, query]).encode()).decode()
+        return json_response(answer, content_type="application/x-amz-json-1.1")
+
+
+def list_refusal(body: dict) -> Response | None:
+    """The ValidationException the real API gives for a value outside the model's constraints."""
+    size = body.get("MaxResults", EVENT_PAGE_DEFAULT)
+    if not isinstance(size, int) or not 1 <= size <= 100:
+        return validation_error(size, "maxResults", "Member must have value between 1 and 100")
+    for name, allowed in (("SortOrder", ("Ascending", "Descending")), ("SortBy", ("EventTime",)),
+                          ("ResourceType", EVENT_RESOURCE_TYPES)):
+        if name in body and body[name] not in allowed:
+            return validation_error(body[name], name[0].lower() + name[1:],
+                                    f"Member must satisfy enum value set: [{', '.join(allowed)}]")
+    if "NodeId" in body and not NODE_ID_RE.fullmatch(str(body["NodeId"])):
+        return validation_error(body["NodeId"], "nodeId",
+                                f"Member must satisfy regular expression pattern: {NODE_ID_RE.pattern}")
+    return None
+
+
+def validation_error(value, field: str, constraint: str) -> Response:
+    return aws_json_error("ValidationException",
+                          f"1 validation error detected: Value '{value}' at '{field}' failed to satisfy constraint: "
+                          f"{constraint}")
+
+
+def event_matches(event: dict, body: dict) -> bool:
+    if "InstanceGroupName" in body and event.get("InstanceGroupName") != body["InstanceGroupName"]:
+        return False
+    if "NodeId" in body and event.get("InstanceId") != body["NodeId"]:
+        return False
+    if "ResourceType" in body and event["ResourceType"] != body["ResourceType"]:
+        return False
+    if "EventTimeAfter" in body and event["EventTime"] <= body["EventTimeAfter"]:
+        return False
+    return "EventTimeBefore" not in body or event["EventTime"] < body["EventTimeBefore"]
+
+
+def query_digest(body: dict) -> str:
+    """What a page token belongs to: the request without its paging."""
+    query = {key: value for key, value in body.items() if key not in ("NextToken", "MaxResults")}
+    return hashlib.sha256(json.dumps(query, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def token_offset(token: str, query: str) -> int | None:
+    try:
+        offset, digest = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, TypeError):
+        return None
+    return offset if digest == query and isinstance(offset, int) and offset >= 0 else None
+
+
+def write_log_streams(region: str, group: str, streams: dict[str, list]) -> None:
+    """The cluster's log group and streams, straight into moto's CloudWatch Logs (a thousand nodes'
+    streams in one request, not two thousand)."""
+    logs = logs_backends[DEFAULT_ACCOUNT_ID][region]
+    logs.ensure_log_group(group)
+    for name, lines in streams.items():
+        logs.create_log_stream(group, name)
+        logs.put_log_events(group, name, [{"timestamp": at, "message": message} for at, message in lines])
+
+
+class DeniedActions:
+    """The scenario's `denied_actions` fault: the operator's identity lacks these IAM permissions, so each
+    such call answers AccessDeniedException with IAM's implicit-deny message
+    (https://docs.aws.amazon.com/IAM/latest/UserGuide/troubleshoot_access-denied.html)."""
+
+    SERVICES = {"SageMaker": "sagemaker", "Logs_20140328": "logs", "AmazonSSM": "ssm"}
+
+    def __init__(self, faults: "FaultState") -> None:
+        self.faults = faults
+
+    def handle(self, request: Request) -> Response | None:
+        prefix, _, operation = request.headers.get("X-Amz-Target", "").partition(".")
+        action = f"{self.SERVICES.get(prefix)}:{operation}"
+        if action not in self.faults.scenario["denied_actions"]:
+            return None
+        scope = credential_scope(request)
+        region = scope[2] if scope else "us-east-1"
+        resource = denied_resource(action, json.loads(request.get_data() or b"{}"), region)
+        return aws_json_error("AccessDeniedException",
+                              f"User: arn:aws:iam::{DEFAULT_ACCOUNT_ID}:user/sandbox-operator is not authorized to "
+                              f"perform: {action} on resource: {resource} because no identity-based policy allows "
+                              f"the {action} action")
+
+
+def denied_resource(action: str, body: dict, region: str) -> str:
+    if action.startswith("logs:") and body.get("logGroupName"):
+        return f"arn:aws:logs:{region}:{DEFAULT_ACCOUNT_ID}:log-group:{body['logGroupName']}:log-stream:"
+    cluster = find_cluster(body.get("ClusterName", ""), region) if body.get("ClusterName") else None
+    return cluster.arn if cluster else "*"
+
+
 # Request headers moto copies into its S3 answers; S3 never sends them (no output shape has them).
 ECHOED_REQUEST_HEADERS = {"x-amz-content-sha256", "x-amz-sdk-checksum-algorithm"}
 
@@ -614,16 +802,43 @@ class SandboxMiddleware:
                 return response(environ, start_response)
         if is_s3_request(request):
             start_response = without_echoed_request_headers(start_response)
+        if request.headers.get("X-Amz-Target", "").startswith(LOGS_TARGET):
+            return without_null_members(self.moto_app, environ, start_response)
         return self.moto_app(environ, start_response)
+
+
+LOGS_TARGET = "Logs_20140328."
+
+
+def without_null_members(app, environ, start_response):
+    """moto's CloudWatch Logs answers carry `"nextToken": null` where the service leaves the member out
+    (FilterLogEvents on its last page): members set to null are dropped from a JSON answer."""
+    captured: dict = {}
+
+    def capture(status, headers, exc_info=None):
+        captured.update(status=status, headers=headers, exc_info=exc_info)
+        return lambda data: None
+
+    body = b"".join(app(environ, capture))
+    try:
+        document = json.loads(body) if body else None
+    except ValueError:
+        document = None
+    if isinstance(document, dict) and None in document.values():
+        body = json.dumps({key: value for key, value in document.items() if value is not None}).encode()
+    headers = [(name, str(len(body)) if name.lower() == "content-length" else value)
+               for name, value in captured["headers"]]
+    start_response(captured["status"], headers, captured["exc_info"])
+    return [body]
 
 
 def build_app(root: Path, credentials: CredentialStore) -> SandboxMiddleware:
     stats = RequestStats()
     faults = FaultState(root)
     handlers = [
-        stats.handle, faults.handle, S3Authenticator(credentials, bucket_region).handle,
+        stats.handle, faults.handle, S3Authenticator(credentials, bucket_region).handle, DeniedActions(faults).handle,
         S3UploadFailures(faults).handle, SessionManager(faults).handle, NodeStatusControl().handle,
-        NodeRoleControl(credentials).handle,
+        NodeRoleControl(credentials).handle, ClusterEventStore().handle,
     ]
     return SandboxMiddleware(DomainDispatcherApplication(create_backend_app), handlers, stats)
 

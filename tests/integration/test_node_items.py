@@ -237,7 +237,10 @@ NVIDIA_QUERIES = ("nvidia_smi_q", "nvidia_smi_gpus", "nvidia_smi_remapped_rows",
 def test_eks_every_item_runs_and_says_what_it_found(eks_full):
     run, _, node, _ = eks_full
     assert_every_item_is_honest(run)
-    assert not [item for item, row in run.rows.items() if row["note"]]  # nothing skipped, unsupported or cut
+    # Nothing skipped, unsupported or cut, but DCGM, which sandbox nodes do not have (yet): its items
+    # say "not present: dcgmi" (or, for the diagnostic, off by configuration), checked just above.
+    dcgm = {"dcgm_discovery", "dcgm_health", "dcgm_diag"}
+    assert not [item for item, row in run.rows.items() if row["note"] and item not in dcgm]
     assert run.rc == 0 and run.result["status"] == "ok", run.stdout + run.stderr
     ran_ok(run, "instance_group", "instance_id", "cluster_type", "hostname", "timestamp", "uname", "uptime",
            "versions", "nvidia_smi", *NVIDIA_QUERIES, "fabricmanager", "lspci", "lsmod", "fi_info_efa", "efa_counters", "dmesg_T",

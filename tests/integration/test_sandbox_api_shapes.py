@@ -1,6 +1,6 @@
 """Every response the sandbox gives to the calls the tool makes matches botocore's service model.
 
-The raw JSON (SageMaker, SSM) and XML and headers (S3) are walked against each operation's output
+The raw JSON (SageMaker, SSM, CloudWatch Logs) and XML and headers (S3) are walked against each operation's output
 shape in botocore's service-2.json (tests/integration/api_shapes.py): a member the model does not
 have, a value of the wrong type or outside an enum, a missing required member all fail. The sandbox's
 AWS alone is started (no nodes: no root needed).
@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from collectors.cluster_api import log_group_name
 from collectors.sandbox import Sandbox, SandboxSpec, sandbox_client
 from tests.integration.api_shapes import capture_raw_responses, missing, problems
 
@@ -21,7 +22,7 @@ PART_SIZE = 5 * 1024 * 1024  # S3's smallest part but the last
 EXPECTED_MEMBERS = {
     "DescribeCluster": ["ClusterArn", "ClusterName", "ClusterStatus", "CreationTime", "InstanceGroups[].Status",
                         "InstanceGroups[].InstanceGroupName", "InstanceGroups[].CurrentCount", "Orchestrator",
-                        "NodeRecovery", "VpcConfig.Subnets"],
+                        "NodeRecovery", "NodeProvisioningMode", "VpcConfig.Subnets"],
     "ListClusterNodes": ["ClusterNodeSummaries[].InstanceId", "ClusterNodeSummaries[].InstanceGroupName",
                          "ClusterNodeSummaries[].InstanceType", "ClusterNodeSummaries[].LaunchTime",
                          "ClusterNodeSummaries[].InstanceStatus.Status", "ClusterNodeSummaries[].PrivateDnsHostname"],
@@ -29,6 +30,15 @@ EXPECTED_MEMBERS = {
                             "NodeDetails.InstanceStatus.Status", "NodeDetails.LaunchTime",
                             "NodeDetails.PrivatePrimaryIp", "NodeDetails.PrivateDnsHostname",
                             "NodeDetails.Placement.AvailabilityZone"],
+    # What the cluster stage and the report read of HyperPod's events (its cluster events reference).
+    "ListClusterEvents": ["Events[].EventId", "Events[].ClusterArn", "Events[].ClusterName", "Events[].ResourceType",
+                          "Events[].EventTime", "Events[].EventLevel", "Events[].Description"],
+    "DescribeClusterEvent": ["EventDetails.EventId", "EventDetails.InstanceId", "EventDetails.InstanceGroupName",
+                             "EventDetails.EventTime", "EventDetails.EventLevel", "EventDetails.Description",
+                             "EventDetails.EventDetails.EventMetadata.Instance"],
+    "DescribeLogStreams": ["logStreams[].logStreamName", "logStreams[].lastEventTimestamp"],
+    "GetLogEvents": ["events[].timestamp", "events[].message", "nextForwardToken", "nextBackwardToken"],
+    "FilterLogEvents": ["events[].logStreamName", "events[].timestamp", "events[].message"],
     "StartSession": ["SessionId", "TokenValue", "StreamUrl"],
     "TerminateSession": ["SessionId"],
 }
@@ -73,6 +83,31 @@ def test_sagemaker_describe_and_list_calls_match_the_model(aws):
     for node in cluster.nodes:
         sagemaker.describe_cluster_node(ClusterName=cluster.name, NodeId=node.instance_id)
     assert_match("sagemaker", responses, {"DescribeCluster", "ListClusterNodes", "DescribeClusterNode"})
+
+
+def test_sagemaker_cluster_event_calls_match_the_model(aws):
+    _, cluster, _ = aws
+    sagemaker, responses = recording(aws, "sagemaker")
+    first = sagemaker.list_cluster_events(ClusterName=cluster.name, MaxResults=2)
+    assert "NextToken" in first
+    sagemaker.list_cluster_events(ClusterName=cluster.arn, MaxResults=2, NextToken=first["NextToken"])
+    node = cluster.nodes[0].instance_id
+    mine = sagemaker.list_cluster_events(ClusterName=cluster.name, NodeId=node, SortOrder="Ascending")["Events"]
+    sagemaker.describe_cluster_event(ClusterName=cluster.name, EventId=mine[0]["EventId"])
+    assert_match("sagemaker", responses, {"ListClusterEvents", "DescribeClusterEvent"})
+
+
+def test_cloudwatch_logs_calls_match_the_model(aws):
+    _, cluster, _ = aws
+    logs, responses = recording(aws, "logs")
+    group = log_group_name(cluster.name, cluster.arn)
+    streams = logs.describe_log_streams(logGroupName=group, limit=2)["logStreams"]
+    name = streams[0]["logStreamName"]
+    newest = logs.get_log_events(logGroupName=group, logStreamName=name, startFromHead=False, limit=2)
+    logs.get_log_events(logGroupName=group, logStreamName=name, startFromHead=False, limit=2,
+                        nextToken=newest["nextBackwardToken"])
+    logs.filter_log_events(logGroupName=group, logStreamNames=[name])
+    assert_match("logs", responses, {"DescribeLogStreams", "GetLogEvents", "FilterLogEvents"})
 
 
 def test_ssm_session_calls_match_the_model(aws):

@@ -97,7 +97,10 @@ def test_the_api_shows_the_scenarios_node_statuses(eks_sick):
     failed = nodes["worker-group-1/3"]
     assert statuses[failed["instance_id"]] == {
         "Status": "Failure", "Message": "Instance failed deep health checks: GPU stress test failed"}
-    assert [s["Status"] for iid, s in statuses.items() if iid != failed["instance_id"]] == ["Running"] * 5
+    pending = nodes["worker-group-2/2"]  # its lifecycle scripts failed
+    assert statuses[pending["instance_id"]]["Status"] == "Pending"
+    others = [s["Status"] for iid, s in statuses.items() if iid not in (failed["instance_id"], pending["instance_id"])]
+    assert others == ["Running"] * 5
     with pytest.raises(botocore.exceptions.ClientError, match="TargetNotConnected"):
         client(status, "ssm").start_session(Target=ssm_target(status, failed))
 

@@ -21,9 +21,11 @@ from tests.fixtures.bundles.builder import (
     INSTANCE_ID,
     RunBuilder,
     changed_files,
+    cluster_event,
     kube_node,
     kube_pod,
     positive_cases,
+    write_cluster_api_bundle,
 )
 
 CASES = positive_cases()
@@ -38,7 +40,12 @@ def report_for_case(tmp_path, case: dict) -> dict:
         run.add_node(f"i-0a1b2c3d4e5f6010{number}", f"ip-10-1-4-{number + 2}",
                      changed_files(hostname=f"ip-10-1-4-{number + 2}"))
     add_kube(run, case.get("kube"))
-    return build_report(run.write(), run.state(), workers=1)
+    run_dir = run.write()
+    if case.get("cluster_api"):
+        api = case["cluster_api"]
+        write_cluster_api_bundle(run_dir, [cluster_event(**event) for event in api.get("events", [])],
+                                 api.get("streams", {}))
+    return build_report(run_dir, run.state(), workers=1)
 
 
 def add_kube(run: RunBuilder, kube: dict | None) -> None:

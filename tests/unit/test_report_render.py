@@ -9,13 +9,13 @@ hostile evidence line; the 1000-node report is that one's findings spread over 1
 
 from __future__ import annotations
 
-import copy
 import html
 import re
 from html.parser import HTMLParser
 
 import pytest
 
+from collectors.report.diff import compare
 from collectors.report.engine import build_report
 from collectors.report.render_html import html_page
 from collectors.report.render_md import MAX_LINE, markdown
@@ -163,8 +163,13 @@ def test_the_page_has_a_cell_per_node_a_section_per_finding_and_a_row_per_node(d
     findings = page.all("details", **{"class": "finding"})
     assert [item["id"] for item in findings] == [f"f{n}" for n in range(len(doc["findings"]))]
     assert [item["data-severity"] for item in findings] == [f["severity"] for f in doc["findings"]]
+    tooltip = re.search(r"<title>(ip-10-1-4-1 · [^<]*)</title>", html_page(doc))[1]  # what hovering shows
+    assert "CRITICAL Xid 79: GPU has fallen off the bus" in tooltip and "collection: ok" in tooltip
     not_read = [key for key, node in doc["node_index"].items() if not node["read"]]
     assert len(page.all("rect", **{"class": "hatch"})) == len(not_read) == 3  # unreachable, skipped, timed out
+    # Out of service (engine.py's unavailable: the drained ip-10-1-5-4, the failed ip-10-1-5-1): barred.
+    assert doc["nodes"]["unavailable_set"] == "ip-10-1-5-[1,4]"
+    assert len(page.all("rect", **{"class": "out-mark"})) == doc["nodes"]["unavailable"] == 2
 
 
 def test_the_page_loads_nothing_and_escapes_every_value(doc):
@@ -200,18 +205,19 @@ def test_a_1000_node_page_stays_under_3_mb(fleet_of_1000):
     assert text.count("class='cell'") == 1000
 
 
-def test_the_changes_since_an_earlier_run_are_on_the_page(doc):
-    earlier = copy.deepcopy(doc)
-    later = copy.deepcopy(doc)
-    later["diff"] = {"against": "20261121_110000", "note": None,
-                     "new": [{"id": "gpu.xid:74", "title": "Xid 74: NVLink error", "severity": "critical",
-                              "nodes": ["i-0a000000000000003"], "node_set": "ip-10-1-4-[3-5]"}],
-                     "cleared": [], "grew": [{"id": "gpu.xid:13", "node": "ip-10-1-4-1", "instance_id": "i-0a1",
-                                              "before": 1, "after": 3}],
-                     "counters": [], "nodes": {"appeared": "", "gone": ""}}
-    assert "id='changes'" not in html_page(earlier)
-    text = html_page(later)
+def test_the_changes_since_an_earlier_run_are_on_the_page(doc, tmp_path):
+    """An earlier run had a full disk on ip-10-1-4-8 and one OOM kill on ip-10-1-4-7 (now two)."""
+    disk = {"disk_usage.txt": "/dev/md1         28T   27T  500G  99% /opt/dlami/nvme"}
+    earlier_run = sick_fleet.build(tmp_path, run_id="20261121_110000", extra={8: disk})
+    earlier = build_report(earlier_run.run_dir, earlier_run.state(), workers=1)
+    assert "id='changes'" not in html_page(doc)
+    text = html_page({**doc, "diff": compare(doc, earlier)})
     section = text[text.index("<section id='changes'>"):]
     section = section[:section.index("</section>")]
-    assert "Changes since run 20261121_110000" in section and "ip-10-1-4-[3-5]" in section and "1 → 3" in section
+    assert "Changes since run 20261121_110000" in section
+    assert re.search(r"<td>cleared</td><td><span class='badge s-high'>high</span></td><td>File system /opt/dlami/nvme "
+                     r"nearly full</td><td><code>disk.full:/opt/dlami/nvme</code></td><td><code>ip-10-1-4-8</code>",
+                     section)
+    assert re.search(r"<td>grew</td><td></td><td>1 → 2</td><td><code>kern.oom</code></td><td><code>ip-10-1-4-7</code>",
+                     section)
     assert "<a href='#changes'>Changes</a>" in text

@@ -109,3 +109,14 @@ def test_a_bundle_named_otherwise_is_still_read(tmp_path):
         tar.addfile(info, io.BytesIO(content))
     result = scan_bundle(path, load())
     assert result.instance_id is None and xid_hits(result)
+
+
+def test_a_test_fed_only_the_lines_with_its_literal_still_names_the_right_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(scan_module, "BLOCK_BYTES", 64)  # lines cut at block edges too
+    filler = "".join(f"Nov 22 10:00:{n % 60:02d} ip-10-1-4-1 kernel: line {n}\n" for n in range(300))
+    failed = "Nov 22 10:01:02 ip-10-1-4-1 systemd[1]: kubelet.service: Failed with result 'exit-code'.\n"
+    files = changed_files(replace={"syslog": filler + failed + filler})
+    result = scan_bundle(write_bundle(tmp_path, GROUP, INSTANCE_ID, files), load())
+    (hit,) = [hit for hit in result.hits if hit.rule == "svc.failed"]
+    assert hit.key == "kubelet (restarted since)"
+    assert [(item.file, item.line) for item in hit.evidence] == [("syslog", 301)]
