@@ -1,0 +1,112 @@
+"""The cluster stage's parts: which event queries a selection needs, reading a log stream back under
+its cap (botocore's Stubber stands in for CloudWatch Logs), the --since window, and the line a failed
+lifecycle script is reported by."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from collectors.cluster_api import stream_node, window_start
+from collectors.report.cluster_api import failing_lines
+from collectors.stages.cluster import PER_NODE_QUERIES_MAX, Entry, event_queries, newest_lines
+
+NODES = {f"i-0{index:016x}": {"group": "gpu" if index < 2 else "cpu"} for index in range(3)}
+GROUP, STREAM = "/aws/sagemaker/Clusters/hp/abc123def456", "LifecycleConfig/gpu/i-00000000000000000"
+TRACEBACK = re.compile(rb"Traceback \(most recent call last\)")
+EXIT = re.compile(rb"exited with (?:status|code) [1-9]|returned non-zero exit status [1-9]")
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({}, [{}]),
+    ({"instance_groups": ["gpu"]}, [{"ResourceType": "Cluster"}, {"InstanceGroupName": "cpu"},
+                                    {"InstanceGroupName": "gpu"}]),
+    ({"nodes": ["ip-1-2-3-4"]}, [{"ResourceType": "Cluster"},
+                                 {"ResourceType": "InstanceGroup", "InstanceGroupName": "cpu"},
+                                 {"ResourceType": "InstanceGroup", "InstanceGroupName": "gpu"}]
+     + [{"NodeId": iid} for iid in sorted(NODES)]),
+])
+def test_event_queries_follow_the_selection(options, expected):
+    assert event_queries(options, NODES) == expected
+
+
+def test_many_named_nodes_are_one_listing_of_the_cluster():
+    nodes = {f"i-0{index:016x}": {"group": "gpu"} for index in range(PER_NODE_QUERIES_MAX + 1)}
+    assert event_queries({"nodes": list(nodes)}, nodes) == [{}]
+
+
+def logs_client():
+    return boto3.client("logs", region_name="us-west-2", aws_access_key_id="testing",
+                        aws_secret_access_key="testing")
+
+
+def page(messages: list[tuple[int, str]], backward: str) -> dict:
+    return {"events": [{"timestamp": at, "message": text, "ingestionTime": at} for at, text in messages],
+            "nextForwardToken": "f/1", "nextBackwardToken": backward}
+
+
+def expected_request(token: str | None = None) -> dict:
+    request = {"logGroupName": GROUP, "logStreamName": STREAM, "startFromHead": False, "startTime": 1000}
+    return {**request, "nextToken": token} if token else request
+
+
+def test_a_stream_is_read_back_to_its_start_until_the_token_comes_back():
+    logs = logs_client()
+    with Stubber(logs) as stub:
+        stub.add_response("get_log_events", page([(3000, "three"), (4000, "four\n")], "b/2"), expected_request())
+        stub.add_response("get_log_events", page([], "b/1"), expected_request("b/2"))  # an empty page mid-stream
+        stub.add_response("get_log_events", page([(1000, "one"), (2000, "two")], "b/0"), expected_request("b/1"))
+        stub.add_response("get_log_events", page([], "b/0"), expected_request("b/0"))
+        entry = Entry("f", "logs:GetLogEvents")
+        lines, cut = newest_lines(logs, GROUP, STREAM, 1000, 1 << 20, entry)
+        stub.assert_no_pending_responses()
+    assert lines == ["1970-01-01T00:00:01.000Z one\n", "1970-01-01T00:00:02.000Z two\n",
+                     "1970-01-01T00:00:03.000Z three\n", "1970-01-01T00:00:04.000Z four\n"]
+    assert not cut and entry.calls == 4
+
+
+def test_a_long_stream_keeps_its_newest_lines_under_the_cap():
+    logs = logs_client()
+    line = len("1970-01-01T00:00:01.000Z xxxx\n")
+    with Stubber(logs) as stub:
+        stub.add_response("get_log_events", page([(t * 1000, "xxxx") for t in range(1, 6)], "b/0"),
+                          expected_request())
+        lines, cut = newest_lines(logs, GROUP, STREAM, 1000, 2 * line, Entry("f", "logs:GetLogEvents"))
+    assert cut and lines == ["1970-01-01T00:00:04.000Z xxxx\n", "1970-01-01T00:00:05.000Z xxxx\n"]
+
+
+def test_the_window_reads_as_the_node_script_does():
+    now = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+    assert window_start("all", now) is None
+    assert window_start("90m", now) == datetime(2026, 11, 22, 10, 30, tzinfo=timezone.utc)
+    assert window_start("2w", now) == datetime(2026, 11, 8, 12, 0, tzinfo=timezone.utc)
+    assert window_start("2026-11-20", now) == datetime(2026, 11, 20, tzinfo=timezone.utc)  # no zone: UTC
+    assert window_start("2026-11-20T08:00:00+02:00", now) == datetime(2026, 11, 20, 6, tzinfo=timezone.utc)
+
+
+def test_only_hyperpods_per_node_streams_name_a_node():
+    assert stream_node("SagemakerHealthMonitoringAgent/worker-group-1/i-0a1b2c3d4e5f60001") == "i-0a1b2c3d4e5f60001"
+    assert stream_node("i-0a1b2c3d4e5f60001") is None and stream_node("Other/stream/name") is None
+
+
+def stamped(*messages: str) -> list[bytes]:
+    return [f"2026-11-22T09:00:{second:02d}.000Z {text}".encode() for second, text in enumerate(messages)]
+
+
+def test_the_failing_line_is_the_exception_the_last_traceback_ends_in_then_the_exit():
+    lines = stamped("[on_create.sh] Running lifecycle_script.py",
+                    "Traceback (most recent call last):", '  File "a.py", line 3, in <module>', "    run()",
+                    "KeyError: 'fsx'", "During handling of the above exception, another exception occurred:",
+                    "Traceback (most recent call last):", '  File "a.py", line 9, in <module>',
+                    "subprocess.CalledProcessError: Command 'x' returned non-zero exit status 100.",
+                    "[on_create.sh] lifecycle_script.py exited with status 1")
+    assert failing_lines(lines, TRACEBACK, EXIT) == [9, 10]
+
+
+def test_a_script_that_only_exits_non_zero_is_reported_by_that_line_and_a_good_one_not_at_all():
+    assert failing_lines(stamped("step one", "on_create.sh exited with code 2", "cleanup"), TRACEBACK, EXIT) == [2]
+    assert failing_lines(stamped("step one", "lifecycle_script.py exited with status 0"), TRACEBACK, EXIT) == []
