@@ -1,6 +1,6 @@
 """The cluster stage's parts: which event queries a selection needs, reading a log stream back under
-its cap (botocore's Stubber stands in for CloudWatch Logs), the --since window, and the line a failed
-lifecycle script is reported by."""
+its cap (botocore's Stubber stands in for CloudWatch Logs), the --since window, the line a failed
+lifecycle script is reported by, and the nodes' redaction catalogue run here by real bash."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from botocore.stub import Stubber
 
 from collectors.cluster_api import stream_node, window_start
+from collectors.redaction import RedactionError, redact_files
 from collectors.report.cluster_api import failing_lines
 from collectors.stages.cluster import PER_NODE_QUERIES_MAX, Entry, event_queries, newest_lines
 
@@ -110,3 +111,23 @@ def test_the_failing_line_is_the_exception_the_last_traceback_ends_in_then_the_e
 def test_a_script_that_only_exits_non_zero_is_reported_by_that_line_and_a_good_one_not_at_all():
     assert failing_lines(stamped("step one", "on_create.sh exited with code 2", "cleanup"), TRACEBACK, EXIT) == [2]
     assert failing_lines(stamped("step one", "lifecycle_script.py exited with status 0"), TRACEBACK, EXIT) == []
+
+
+def test_files_built_here_go_through_the_nodes_catalogue(tmp_path):
+    token = "ghp_" + "Z9y8X7w6V5u4T3s2R1q0" * 2
+    event = tmp_path / "events.json"
+    event.write_text(f'{{"Description": "pull failed with {token}", "Note": "GPU stress test"}}\n')
+    plain = tmp_path / "plain.log"
+    plain.write_text("nothing secret here\n")
+    counts = redact_files([event, plain], tmp_path / "work", ("stress test",))
+    assert counts == {event: 2, plain: 0}
+    assert token not in event.read_text() and "stress test" not in event.read_text()
+    assert plain.read_text() == "nothing secret here\n"
+
+
+def test_a_catalogue_that_cannot_run_ships_nothing(tmp_path):
+    event = tmp_path / "events.json"
+    event.write_text('{"Description": "x"}\n')
+    with pytest.raises(RedactionError, match="not a valid extended regular expression"):
+        redact_files([event], tmp_path / "work", ("(unclosed",))
+    assert not event.exists()
