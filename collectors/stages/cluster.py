@@ -88,6 +88,7 @@ class Entry:
     bytes: int = 0
     redactions: int = 0
     note: str = ""
+    answered: bool = True  # False: no answer at all (no route, timeout), not a refusal
 
 
 @dataclass
@@ -111,7 +112,7 @@ class Bundle:
             entry.note = describe_aws_error(exc)
             data = None
         except botocore.exceptions.BotoCoreError as exc:
-            entry.status, entry.note, data = FAILED, str(exc), None
+            entry.status, entry.note, entry.answered, data = FAILED, str(exc), False, None
         entry.seconds = time.monotonic() - started
         if data is not None:
             entry.bytes = self.write(file, data if as_text else json.dumps(data, indent=1, default=json_value) + "\n")
@@ -186,6 +187,8 @@ class Reader:
 
     def collect(self) -> None:
         described = self.bundle.fetch(DESCRIBE_CLUSTER, "sagemaker:DescribeCluster", self.describe_cluster)
+        if described is None and not self.bundle.entries[-1].answered:
+            return  # the API does not answer (a run discovered from the head node): every call would wait as long
         if described:
             self.cluster.update(arn=described["ClusterArn"], name=described["ClusterName"])
         listed = self.bundle.fetch(LIST_CLUSTER_NODES, "sagemaker:ListClusterNodes", self.list_cluster_nodes)

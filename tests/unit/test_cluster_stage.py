@@ -5,16 +5,24 @@ lifecycle script is reported by, and the nodes' redaction catalogue run here by 
 from __future__ import annotations
 
 import re
+import tarfile
 from datetime import datetime, timezone
 
 import boto3
+import botocore.config
 import pytest
 from botocore.stub import Stubber
 
-from collectors.cluster_api import stream_node, window_start
+from collectors.cluster_api import MANIFEST, TARBALL, TOP_FOLDER, stream_node, window_start
+from collectors.context import StageContext
 from collectors.redaction import RedactionError, redact_files
 from collectors.report.cluster_api import failing_lines
+from collectors.sandbox.credentials import FAKE_CREDENTIALS
+from collectors.settings import Settings
+from collectors.stages import cluster as cluster_stage
 from collectors.stages.cluster import PER_NODE_QUERIES_MAX, Entry, event_queries, newest_lines
+from collectors.state import RunState
+from tests.conftest import closed_port
 
 NODES = {f"i-0{index:016x}": {"group": "gpu" if index < 2 else "cpu"} for index in range(3)}
 GROUP, STREAM = "/aws/sagemaker/Clusters/hp/abc123def456", "LifecycleConfig/gpu/i-00000000000000000"
@@ -131,3 +139,38 @@ def test_a_catalogue_that_cannot_run_ships_nothing(tmp_path):
     with pytest.raises(RedactionError, match="not a valid extended regular expression"):
         redact_files([event], tmp_path / "work", ("(unclosed",))
     assert not event.exists()
+
+
+class OneTryAws:
+    """Real botocore clients, one try each, to a loopback port nothing listens on."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+
+    def client(self, service: str, **_):
+        return boto3.client(service, endpoint_url=self.endpoint, region_name="us-west-2",
+                            config=botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"}),
+                            **{key.lower(): value for key, value in FAKE_CREDENTIALS.items()})
+
+
+def test_an_api_that_does_not_answer_costs_one_call_not_one_per_node(tmp_path):
+    settings = Settings.from_config({"runs_dir": str(tmp_path)}, cluster="hp")
+    state = RunState.create(settings.runs_dir, "hp")
+    state.data["cluster"] = {"requested": "hp", "name": "hp", "arn": "arn:aws:sagemaker:us-west-2:123456789012:"
+                             "cluster/abc123def456", "type": "slurm"}
+    state.data["nodes"] = {iid: {"instance_id": iid, "group": "gpu", "hyperpod_status": "Failure"} for iid in NODES}
+    state.mark_stage("discover", "done")
+    aws = OneTryAws(f"http://127.0.0.1:{closed_port()}")
+    with state.locked():
+        code = cluster_stage.execute(StageContext(settings, state, aws, {}))
+    assert code == 1
+    rows = members_manifest(state.run_dir / TARBALL)
+    assert list(rows) == ["describe_cluster.json"] and rows["describe_cluster.json"]["status"] == "failed"
+    assert "describe_cluster.json failed: Could not connect" in state.stage("cluster")["error"]
+
+
+def members_manifest(path) -> dict[str, dict[str, str]]:
+    with tarfile.open(path) as tar:
+        lines = tar.extractfile(f"{TOP_FOLDER}/{MANIFEST}").read().decode().splitlines()
+    columns = lines[0].split("\t")
+    return {row[0]: dict(zip(columns, row)) for row in (line.split("\t") for line in lines[1:])}
