@@ -289,6 +289,17 @@ def report(ctx, cluster=None, run_id=None, against=None, json=False):
     return _stage(ctx, "report", cluster=cluster, run_id=run_id, against=against, json=json)
 
 
+@task(iterable=["keep"],
+      help=_help("cluster", "run_id", run_id="clean this downloaded run (YYYYMMDD_HHMMSS) instead of the cluster's latest",
+                 keep="leave these as they are: instance-ids (AWS Support needs them)",
+                 output="folder for the copies (default: <runs_dir>-shareable, beside the runs folder)"))
+@reports_errors
+def clean(ctx, cluster=None, run_id=None, keep=None, output=None):
+    """Write a copy of a run to share: host names, IP and MAC addresses, account ids, user names and the cluster's
+    names replaced by stand-ins, the same everywhere, with the private mapping beside it (0600). Works offline."""
+    return _stage(ctx, "clean", cluster=cluster, run_id=run_id, keep=keep or None, output=output)
+
+
 # -- the sandbox and the demo ----------------------------------------------------------------
 
 def _sandbox(ctx) -> Sandbox:
@@ -421,6 +432,6 @@ sandbox.add_task(sandbox_up, name="up")
 sandbox.add_task(sandbox_down, name="down")
 sandbox.add_task(sandbox_status, name="status")
 sandbox.add_task(sandbox_env, name="env")
-ns = Collection(collect, discover, render, upload, cluster, kubectl, run_nodes, summarize, download, report, demo, test,
-                sandbox)
+ns = Collection(collect, discover, render, upload, cluster, kubectl, run_nodes, summarize, download, report, clean,
+                demo, test, sandbox)
 ns.configure({config.CONFIG_KEY: config.config_tree()})

@@ -15,7 +15,7 @@ from collectors.aws import Aws, describe_aws_error
 from collectors.context import StageContext
 from collectors.errors import EXIT_OK, Interrupted, StageError, UsageError
 from collectors.settings import Settings
-from collectors.stages import cluster, discover, download, kubectl, render, report, run, summarize, upload
+from collectors.stages import clean, cluster, discover, download, kubectl, render, report, run, summarize, upload
 from collectors.state import RunState
 
 STAGES: dict[str, Callable[[StageContext], int | None]] = {
@@ -28,10 +28,11 @@ STAGES: dict[str, Callable[[StageContext], int | None]] = {
     "summarize": summarize.execute,
     "download": download.execute,
     "report": report.execute,
+    "clean": clean.execute,
 }
 # Stages that only read the run folder: they need no AWS session (nor a region), so they work
 # offline on any downloaded run; their StageContext.aws is None.
-LOCAL_STAGES = ("report",)
+LOCAL_STAGES = ("report", "clean")
 CONFIGURATION_ERRORS = (
     botocore.exceptions.NoCredentialsError,
     botocore.exceptions.PartialCredentialsError,
