@@ -164,7 +164,8 @@ def collect(ctx, cluster=None, s3_path=None, region=None, profile=None, instance
             skip_nvidia_bug_report=False, upload_mode=None, redact_pattern=None, kube_context=None,
             discovery=None, transport=None, gateway=None, gateway_via=None, ssh_user=None, ssh_key=None,
             ssh_port=None, ssh_config=None, ssh_known_hosts=None, ssh_known_hosts_file=None, ssh_data_path=None):
-    """Collect diagnostics from every node: discover, render, upload, kubectl, run, summarize, download, report."""
+    """Collect diagnostics from every node: discover, render, upload, cluster, kubectl, run, summarize, download,
+    report."""
     settings = _settings(ctx, cluster=cluster, s3_path=s3_path, region=region, profile=profile,
                          max_workers=max_workers, kube_context=kube_context, discovery=discovery,
                          **_session_flags(session_mode, session_client, session_rate),
@@ -217,6 +218,13 @@ def kubectl(ctx, cluster=None, region=None, profile=None, run_id=None, kube_cont
     """Collect the cluster's Kubernetes state (EKS clusters) into kubectl_resources.tar.gz, locally and in S3."""
     return _stage(ctx, "kubectl", cluster=cluster, region=region, profile=profile, run_id=run_id,
                   session={"kube_context": kube_context})
+
+
+@task(help=_help("cluster", "region", "profile", "run_id"))
+@reports_errors
+def cluster(ctx, cluster=None, region=None, profile=None, run_id=None):
+    """Collect what HyperPod recorded (cluster, nodes, events, CloudWatch logs) into cluster_api.tar.gz."""
+    return _stage(ctx, "cluster", cluster=cluster, region=region, profile=profile, run_id=run_id)
 
 
 @task(name="run", iterable=["nodes"], auto_shortflags=False,
@@ -279,6 +287,17 @@ def report(ctx, cluster=None, run_id=None, against=None, json=False):
     Works offline; exit 0 whenever a report is made, 2 when the run is missing or not downloaded.
     """
     return _stage(ctx, "report", cluster=cluster, run_id=run_id, against=against, json=json)
+
+
+@task(iterable=["keep"],
+      help=_help("cluster", "run_id", run_id="clean this downloaded run (YYYYMMDD_HHMMSS) instead of the cluster's latest",
+                 keep="leave these as they are: instance-ids (AWS Support needs them)",
+                 output="folder for the copies (default: <runs_dir>-shareable, beside the runs folder)"))
+@reports_errors
+def clean(ctx, cluster=None, run_id=None, keep=None, output=None):
+    """Write a copy of a run to share: host names, IP and MAC addresses, account ids, user names and the cluster's
+    names replaced by stand-ins, the same everywhere, with the private mapping beside it (0600). Works offline."""
+    return _stage(ctx, "clean", cluster=cluster, run_id=run_id, keep=keep or None, output=output)
 
 
 # -- the sandbox and the demo ----------------------------------------------------------------
@@ -413,5 +432,6 @@ sandbox.add_task(sandbox_up, name="up")
 sandbox.add_task(sandbox_down, name="down")
 sandbox.add_task(sandbox_status, name="status")
 sandbox.add_task(sandbox_env, name="env")
-ns = Collection(collect, discover, render, upload, kubectl, run_nodes, summarize, download, report, demo, test, sandbox)
+ns = Collection(collect, discover, render, upload, cluster, kubectl, run_nodes, summarize, download, report, clean,
+                demo, test, sandbox)
 ns.configure({config.CONFIG_KEY: config.config_tree()})

@@ -17,22 +17,24 @@ from collectors.aws import Aws, describe_aws_error
 from collectors.context import StageContext
 from collectors.errors import EXIT_OK, Interrupted, StageError, UsageError
 from collectors.settings import Settings
-from collectors.stages import discover, download, kubectl, render, report, run, summarize, upload
+from collectors.stages import clean, cluster, discover, download, kubectl, render, report, run, summarize, upload
 from collectors.state import RunState
 
 STAGES: dict[str, Callable[[StageContext], int | None]] = {
     "discover": discover.execute,
     "render": render.execute,
     "upload": upload.execute,
+    "cluster": cluster.execute,
     "kubectl": kubectl.execute,
     "run": run.execute,
     "summarize": summarize.execute,
     "download": download.execute,
     "report": report.execute,
+    "clean": clean.execute,
 }
 # Stages that only read the run folder: they need no AWS session (nor a region), so they work
 # offline on any downloaded run; their StageContext.aws is None.
-LOCAL_STAGES = ("report",)
+LOCAL_STAGES = ("report", "clean")
 CONFIGURATION_ERRORS = (
     botocore.exceptions.NoCredentialsError,
     botocore.exceptions.PartialCredentialsError,
@@ -80,7 +82,8 @@ def _collect(settings: Settings, options: dict[str, Any]) -> int:
     cluster = settings.require_cluster()
     settings.require_s3_path()  # a malformed path fails before anything is created
     aws = Aws(settings)
-    order = ["discover", "render", "upload", "kubectl", "run", "summarize"]
+    # cluster after upload: its bundle goes under the run's S3 prefix, which upload fixes.
+    order = ["discover", "render", "upload", "cluster", "kubectl", "run", "summarize"]
     options = dict(options, summarize_follows=True)
     if options.get("download", True):
         order += ["download", "report"]

@@ -178,6 +178,11 @@ class RunState:
             raise UsageError(f"`{needed_by}` needs the {name} stage of run {self.run_id}: run `invoke {name}` first")
         return self.data["stages"][name]
 
+    def is_downloaded(self) -> bool:
+        """Whether the run's bundles were downloaded (the stages that read them offline need that)."""
+        download = self.data["stages"].get("download", {}).get("status")
+        return download in ("done", "incomplete") or (self.run_dir / RESULTS_DIR).is_dir()
+
     def mark_stage(self, name: str, status: str, **details: Any) -> None:
         record = self.stage(name)
         record.update(details, status=status, finished=utc_now())

@@ -133,7 +133,8 @@ def node_events(rule: Any, view: RunView) -> list[Hit]:
             continue
         hit = hits.setdefault((iid, key), Hit(rule=rule.id, key=key, subject=iid))
         hit.count += 1
-        hit.evidence.append(Evidence(EVENTS_SOURCE, None, f"{event.get('EventTime')} {event.get('EventLevel')}: {text}"))
+        line = f"{event.get('EventTime')} {event.get('EventLevel')}: {text}"
+        hit.evidence.append(Evidence(EVENTS_SOURCE, None, line))
     return list(hits.values())
 
 

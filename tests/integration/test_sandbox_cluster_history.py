@@ -119,7 +119,8 @@ def test_event_details_and_unknown_events(aws):
     _, cluster, clients, nodes = aws
     sagemaker = clients["sagemaker"]
     pending = nodes["cpu/1"].instance_id
-    (error,) = [e for e in all_events(sagemaker, ClusterName=cluster.name, NodeId=pending) if e["EventLevel"] == "Error"]
+    events = all_events(sagemaker, ClusterName=cluster.name, NodeId=pending)
+    (error,) = [e for e in events if e["EventLevel"] == "Error"]
     assert "EventDetails" not in error  # the listing gives summaries
     details = sagemaker.describe_cluster_event(ClusterName=cluster.name, EventId=error["EventId"])["EventDetails"]
     instance = details["EventDetails"]["EventMetadata"]["Instance"]
