@@ -752,11 +752,19 @@ hpc_settle_oldest() {
   rm -f -- "$HPC_CUTS_FILE"
 }
 
-# The redaction's folders, one per background redaction at once (see HPC_SLOT_IN_USE).
+# The redaction's folders, one per background redaction at once (see HPC_SLOT_IN_USE): copies
+# of what hpc_prepare_redaction wrote into the work folder, with the scratch files its scripts
+# name moved into the slot. Built-ins only: on a slow node each command costs.
 hpc_prepare_redaction_slots() {
-  local slot
+  local slot file text
   for ((slot = 1; slot <= HPC_REDACT_JOBS; slot++)); do
-    mkdir -p -- "$HPC_WORK_DIR/redact.slot.$slot/tmp" && hpc_prepare_redaction "$HPC_WORK_DIR/redact.slot.$slot"
+    mkdir -p -- "$HPC_WORK_DIR/redact.slot.$slot/tmp" || return 1
+    for file in "$HPC_WORK_DIR"/redact.*; do
+      [[ -f $file ]] || continue
+      IFS= read -r -d '' text <"$file" || true
+      printf '%s' "${text//"$HPC_WORK_DIR/"/"$HPC_WORK_DIR/redact.slot.$slot/"}" \
+        >"$HPC_WORK_DIR/redact.slot.$slot/${file##*/}"
+    done
   done
 }
 

@@ -417,7 +417,9 @@ def await_journals(builders: list[Future]) -> None:
 # Faults that live on the node
 
 
-SLOW_SHIM = """#!/bin/sh
+# bash, not sh: dash drops the BASH_FUNC_* variables that carry bash's exported functions, so
+# a slowed `timeout` would otherwise hand the node script's items an environment without them.
+SLOW_SHIM = """#!/bin/bash
 # Sandbox fault `slow` (docs/scenarios.md): every command on this node starts @seconds@ s late.
 /bin/sleep @seconds@
 name=${0##*/}
