@@ -19,6 +19,7 @@
 #   HPC_FILE_CAP_MB         per-file cap; longer files keep their last bytes (50)
 #   HPC_BUNDLE_CAP_MB       cap on the whole report before compression (2048)
 #   HPC_NVIDIA_BUG_REPORT   1 to run nvidia-bug-report.sh (slow), 0 not to
+#   HPC_DCGM_DIAG           1 to run DCGM's level-1 diagnostic (it loads the GPUs), 0 not to
 #   HPC_EKS_COLLECTOR       1 to run the EKS log collector (needs its URL and sha256)
 #   HPC_EKS_COLLECTOR_SHA256  the collector's expected sha256, checked again on the node
 #   HPC_UPLOAD_MODE         presigned (curl PUT, no S3 permissions needed) or awscli (aws s3 cp)
@@ -171,6 +172,7 @@ hpc_read_options() {
   # shellcheck disable=SC2034 # both read by lib.sh
   HPC_FILE_CAP_BYTES=$((HPC_FILE_CAP_MB * 1048576)) HPC_BUNDLE_CAP_BYTES=$((HPC_BUNDLE_CAP_MB * 1048576))
   hpc_bool_setting HPC_NVIDIA_BUG_REPORT 1
+  hpc_bool_setting HPC_DCGM_DIAG 0
   hpc_bool_setting HPC_EKS_COLLECTOR 0
   hpc_int_setting HPC_NVIDIA_BUG_REPORT_TIMEOUT 300 3
   hpc_int_setting HPC_EKS_COLLECTOR_TIMEOUT 300 10

@@ -57,7 +57,7 @@ class Aws:
         # Adaptive retries smooth throttling storms when many threads share one client.
         config = botocore.config.Config(
             retries={"mode": "adaptive" if retries > 1 else "standard", "max_attempts": retries},
-            max_pool_connections=max(10, self.settings.max_workers * 2),
+            max_pool_connections=connection_pool_size(self.settings),
             connect_timeout=10,
             read_timeout=60,
         )
@@ -85,6 +85,12 @@ class Aws:
         if self.settings.sandbox:
             env["AWS_EC2_METADATA_DISABLED"] = "true"
         return env
+
+
+def connection_pool_size(settings: Settings) -> int:
+    """One client serves every thread of a stage: room for its largest pool (sessions, downloads,
+    DescribeClusterNode calls), and for the S3 poll thread and upload transfers beside them."""
+    return max(settings.max_workers, settings.download_workers, settings.api_workers) + 4
 
 
 def check_sandbox_environment() -> None:

@@ -22,8 +22,10 @@ import botocore.exceptions
 
 from collectors.aws import Aws, describe_aws_error, error_code
 from collectors.errors import UsageError
+from collectors.layout import RunLocation
+from collectors.settings import Settings
+from collectors.state import RunState, cluster_dir_name
 
-MAX_PRESIGN_EXPIRY = 7 * 24 * 3600
 REGION_HEADER = "x-amz-bucket-region"
 # A bucket name that can be a single DNS label under the regional endpoint (no dots: TLS).
 VIRTUAL_HOSTABLE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
@@ -76,6 +78,38 @@ def run_client(aws: Aws, location: dict[str, Any]) -> Any:
     if not location.get("region"):
         location["region"] = region_of(aws, location["bucket"])
     return client_for(aws, location["bucket"], location["region"])
+
+
+def run_location(state: RunState, settings: Settings, aws: Aws) -> dict[str, Any]:
+    """The run's S3 location (layout.RunLocation as a dict), fixed once chosen: every node of a run
+    writes under the same prefix, so another --s3-path later is refused."""
+    recorded = state.data.get("s3")
+    if recorded and not settings.s3_path:
+        return recorded
+    path = settings.require_s3_path()
+    cluster = cluster_dir_name(state.cluster.get("name") or state.cluster["requested"])
+    location = RunLocation.for_run(path.bucket, path.prefix, cluster, state.run_id).as_dict()
+    if recorded and {k: recorded.get(k) for k in location if k != "region"} != \
+            {k: v for k, v in location.items() if k != "region"}:
+        raise UsageError(f"run {state.run_id} already uses s3://{recorded['bucket']}/{recorded['run_prefix']}; "
+                         "start a new run (invoke collect / invoke discover) to use another S3 path")
+    location["region"] = region_of(aws, path.bucket)
+    return location
+
+
+def store_run_file(aws: Aws, state: RunState, path: Any, name: str, content_type: str) -> tuple[str | None, str | None]:
+    """Puts a run file (a stage's bundle) under the run's S3 prefix as NAME: (its s3:// URI, None), or
+    (None, why not) — the local copy stands either way."""
+    location = state.data.get("s3")
+    if not location:
+        return None, "the run has no S3 prefix yet (run `invoke upload` first); the file is kept locally only"
+    where = RunLocation.from_dict(location)
+    key = where.key(name)
+    try:
+        run_client(aws, location).upload_file(str(path), where.bucket, key, ExtraArgs={"ContentType": content_type})
+    except Exception as exc:  # noqa: BLE001 - the local copy stands; say why S3 failed, in one line
+        return None, f"not uploaded to {where.uri(key)}: {describe_aws_error(exc)}"
+    return where.uri(key), None
 
 
 def preflight(aws: Aws, bucket: str, prefix: str) -> str:

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
+from collectors.layout import CLUSTER_API_BUNDLE
 
-TARBALL = "cluster_api.tar.gz"
+TARBALL = CLUSTER_API_BUNDLE
 TOP_FOLDER = "cluster_api"
 MANIFEST = "manifest.tsv"
 MANIFEST_COLUMNS = ("file", "action", "status", "calls", "seconds", "bytes", "redactions", "note")

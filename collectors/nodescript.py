@@ -16,43 +16,32 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from collectors.settings import KEYS_BY_PATH, SHA256_RE, SINCE_RE
+
 BASH_DIR: Path = Path(__file__).resolve().parent.parent / "bash"
 
 _CLUSTER_PARTS = {"eks": "eks.sh", "slurm": "slurm.sh"}
 _COMMON_PARTS = ("lib.sh", "redact.sh", "common.sh")
 _ENTRY_PART = "collect.sh"
 
-UPLOAD_MODES = ("presigned", "awscli")
-# 30m, 12h, 3d, 2w; an ISO 8601 date or date-time; or "all" (no window).
-SINCE_RE = re.compile(
-    r"^(?:all|\d{1,6}[smhdw]|\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?)$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+UPLOAD_MODES = KEYS_BY_PATH["upload_mode"].choices
 REGION_RE = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d+$")
 S3_DESTINATION_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]*[a-z0-9]/(?:.*/)?$")
-# The node's own deadline (HPC_DEADLINE_SECONDS) ends this long before the orchestrator stops waiting
-# for it: the node may overrun its deadline by its last status report and a short upload floor
-# (bash/collect.sh), and its status object must be in S3 before the orchestrator's last look.
-NODE_DEADLINE_MARGIN = 60
-# The least node budget that leaves a minute to collect and a minute to package and upload.
-MIN_NODE_BUDGET = 120
 # What a redaction pattern may not hold: the node's sed delimiter, tabs and newlines.
 _PATTERN_FORBIDDEN = ("\x01", "\t", "\n", "\r", "\0")
-
-
-def node_deadline_seconds(node_script_timeout: int) -> int:
-    """HPC_DEADLINE_SECONDS for a node the orchestrator waits `node_script_timeout` seconds for."""
-    return node_script_timeout - NODE_DEADLINE_MARGIN
 
 
 @dataclass(frozen=True)
 class NodeOptions:
     """Node-side options, the same for every node of a run; see bash/collect.sh for their meaning."""
 
-    since: str = "3d"
-    file_cap_mb: int = 50
-    bundle_cap_mb: int = 2048
-    nvidia_bug_report: bool = True
-    upload_mode: str = "presigned"
+    # The defaults are the settings' (collectors/settings.py), where each is declared once.
+    since: str = KEYS_BY_PATH["since"].default
+    file_cap_mb: int = KEYS_BY_PATH["file_cap_mb"].default
+    bundle_cap_mb: int = KEYS_BY_PATH["bundle_cap_mb"].default
+    nvidia_bug_report: bool = KEYS_BY_PATH["nvidia_bug_report"].default
+    dcgm_diag: bool = KEYS_BY_PATH["dcgm_diag"].default
+    upload_mode: str = KEYS_BY_PATH["upload_mode"].default
     s3_destination: str = ""  # awscli mode: s3://bucket/<run prefix>/instances/
     s3_region: str = ""  # awscli mode: the bucket's region, where `aws s3 cp` must send its requests
     eks_log_collector: bool = False
@@ -152,6 +141,7 @@ def _options_block(options: NodeOptions) -> str:
         "HPC_FILE_CAP_MB": str(options.file_cap_mb),
         "HPC_BUNDLE_CAP_MB": str(options.bundle_cap_mb),
         "HPC_NVIDIA_BUG_REPORT": "1" if options.nvidia_bug_report else "0",
+        "HPC_DCGM_DIAG": "1" if options.dcgm_diag else "0",
         "HPC_UPLOAD_MODE": options.upload_mode,
         "HPC_S3_DESTINATION": options.s3_destination,
         "HPC_S3_REGION": options.s3_region,

@@ -101,6 +101,7 @@ def _in_new_run(settings: Settings, aws: Aws, cluster: str, options: dict[str, A
         except (UsageError, StageError):
             state.discard()  # nothing was collected; do not leave an empty run behind as "latest"
             raise
+        state.adopt_cluster_name(state.cluster["name"])
         return max([EXIT_OK] + [_execute(name, ctx) for name in order[1:]])
 
 

@@ -102,6 +102,23 @@ class RunState:
             raise UsageError(f"no state for run {run_id or 'latest'} of cluster {cluster!r} (looked for {path})")
         return cls(run_dir, _read_state(path))
 
+    def adopt_cluster_name(self, name: str) -> None:
+        """A run started with --cluster ARN was made under the ARN's last segment (the cluster id); once
+        discovery knows the name it moves under that, where its S3 prefix, its resume hints and every
+        later `--cluster NAME` look. The id's folder then links to the name's, so the ARN finds it too."""
+        base, wanted = self.run_dir.parent, self.run_dir.parent.parent / cluster_dir_name(name)
+        if base == wanted or (wanted / self.run_id).exists():
+            return
+        wanted.mkdir(parents=True, exist_ok=True)
+        wanted.chmod(0o700)
+        os.rename(self.run_dir, wanted / self.run_id)
+        self.run_dir = wanted / self.run_id
+        _point_latest(wanted, self.run_id)
+        (base / LATEST).unlink(missing_ok=True)
+        if not any(base.iterdir()):
+            base.rmdir()
+            base.symlink_to(wanted.name)
+
     def discard(self) -> None:
         """Remove a run that recorded nothing, and point `latest` back at the newest run left."""
         base = self.run_dir.parent

@@ -63,11 +63,11 @@ from collectors.cluster_api import (
     window_start,
 )
 from collectors.context import StageContext
+from collectors.errors import EXIT_OK
 from collectors.redaction import RedactionError, redact_files
 from collectors.state import utc_now
 
 STAGE = "cluster"
-API_WORKERS = 8
 PER_NODE_QUERIES_MAX = 10  # more named nodes than this: one listing of the cluster, filtered here
 EVENTS_PAGE = 100  # ListClusterEvents' most per page
 STREAMS_PAGE = 50  # DescribeLogStreams' most per page
@@ -149,6 +149,13 @@ def answer(response: dict[str, Any]) -> dict[str, Any]:
 def execute(ctx: StageContext) -> int:
     state = ctx.state
     state.require_stage("discover", STAGE)
+    if state.cluster.get("discovered_from"):
+        # The nodes were read on the head node because the SageMaker API was out of reach (or not
+        # to be used): HyperPod's own record of them cannot be had, which is no fault of the run.
+        console.log(f"cluster: skipped; the nodes were read from the {state.cluster['discovered_from']}, not the "
+                    "SageMaker API, so HyperPod's events and logs are not collected")
+        state.mark_stage(STAGE, "skipped", reason="nodes read on the head node")
+        return EXIT_OK
     started = time.monotonic()
     since = state.options.get("node_options", {}).get("since") or ctx.settings.since
     start = window_start(since, datetime.now(timezone.utc))
@@ -156,7 +163,7 @@ def execute(ctx: StageContext) -> int:
     with tempfile.TemporaryDirectory(prefix=".cluster-", dir=state.run_dir) as scratch:
         bundle = Bundle(Path(scratch) / TOP_FOLDER)
         bundle.folder.mkdir()
-        with ThreadPoolExecutor(max_workers=min(ctx.settings.max_workers, API_WORKERS),
+        with ThreadPoolExecutor(max_workers=ctx.settings.api_workers,
                                 thread_name_prefix="cluster") as pool:
             reader = Reader(ctx, bundle, pool, start)
             reader.collect()
@@ -164,7 +171,7 @@ def execute(ctx: StageContext) -> int:
         write_manifest(bundle)
         tarball = state.run_dir / TARBALL
         pack(bundle.folder, tarball)
-    s3_uri, upload_error = upload(ctx, tarball)
+    s3_uri, upload_error = buckets.store_run_file(ctx.aws, ctx.state, tarball, TARBALL, "application/gzip")
     return record(ctx, bundle, reader, tarball, s3_uri, [e for e in (redaction_error, upload_error) if e],
                   round(time.monotonic() - started, 2), since)
 
@@ -401,19 +408,6 @@ def pack(folder: Path, tarball: Path) -> None:
     with tarfile.open(partial, "w:gz", compresslevel=6) as tar:
         tar.add(folder, arcname=TOP_FOLDER)
     partial.replace(tarball)
-
-
-def upload(ctx: StageContext, tarball: Path) -> tuple[str | None, str | None]:
-    location = ctx.state.data.get("s3")
-    if not location:
-        return None, "the run has no S3 prefix yet (run `invoke upload` first); the tarball is kept locally only"
-    key = f"{location['run_prefix']}/{TARBALL}"
-    try:
-        buckets.run_client(ctx.aws, location).upload_file(str(tarball), location["bucket"], key,
-                                                          ExtraArgs={"ContentType": "application/gzip"})
-    except Exception as exc:  # noqa: BLE001 - the local copy stands; say why S3 failed, in one line
-        return None, f"not uploaded to s3://{location['bucket']}/{key}: {describe_aws_error(exc)}"
-    return f"s3://{location['bucket']}/{key}", None
 
 
 def rerun_command(ctx: StageContext) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
 
 import botocore.exceptions
@@ -12,12 +11,11 @@ from collectors import console
 from collectors.aws import describe_aws_error, error_code
 from collectors.context import StageContext
 from collectors.errors import UsageError
-from collectors.nodes import ip_from_hostname, match_names
+from collectors.nodes import match_names
 from collectors.settings import Settings
-from collectors.stages import head_node
+from collectors.sources import head_node, sagemaker_api
 from collectors.state import PENDING, utc_now
 
-NOT_FOUND_CODES = ("ValidationException", "ResourceNotFound", "ResourceNotFoundException")
 ACCESS_DENIED_CODES = ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation")
 API_UNREACHABLE_ERRORS = (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError,
                           botocore.exceptions.ReadTimeoutError)
@@ -49,18 +47,15 @@ def read_cluster(ctx: StageContext) -> tuple[dict[str, Any], list[dict[str, Any]
         if not (settings.discovery == "auto" and api_unreachable(exc) and head_node_configured(settings)):
             raise
         console.log(f"warning: the SageMaker API cannot be reached ({describe_aws_error(exc)}); reading the nodes "
-                    f"from the head node {settings.ssh_gateway}")
+                    f"from the head node {settings.ssh.gateway}")
     return head_node.read_cluster(settings, ctx.aws.region)
 
 
 def read_cluster_from_api(ctx: StageContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     # Two tries per call where the head node can stand in: not five retries of a dead endpoint first.
     sagemaker = ctx.aws.client("sagemaker", retries=2 if head_node_configured(ctx.settings) else 5)
-    cluster = describe_cluster(sagemaker, ctx.settings.require_cluster(), ctx.aws.region)
-    summaries = list_cluster_nodes(sagemaker, cluster["arn"])
-    nodes = [node_from_summary(s) for s in summaries]
-    fill_missing_hostnames(sagemaker, cluster["arn"], nodes, ctx.settings.max_workers)
-    return cluster, nodes
+    return sagemaker_api.read_cluster(sagemaker, ctx.settings.require_cluster(), ctx.aws.region,
+                                      workers=ctx.settings.api_workers)
 
 
 def api_unreachable(exc: BaseException) -> bool:
@@ -77,82 +72,6 @@ def head_node_configured(settings: Settings) -> bool:
     except UsageError:
         return False
     return True
-
-
-def describe_cluster(sagemaker: Any, name: str, region: str) -> dict[str, Any]:
-    try:
-        response = sagemaker.describe_cluster(ClusterName=name)
-    except Exception as exc:  # noqa: BLE001 - only "not found" is the user's input; the rest propagates
-        if error_code(exc) in NOT_FOUND_CODES:
-            raise UsageError(f"cluster {name!r} not found in region {region}") from None
-        raise
-    arn = response["ClusterArn"]
-    orchestrator = response.get("Orchestrator") or {}
-    eks_arn = (orchestrator.get("Eks") or {}).get("ClusterArn")
-    return {
-        "requested": name,
-        "name": response["ClusterName"],
-        "arn": arn,
-        # The SSM target uses the id (last ARN segment), never the name.
-        "id": arn.rsplit("/", 1)[-1],
-        "status": response.get("ClusterStatus", "Unknown"),
-        # Older Slurm clusters have no Orchestrator at all; only Eks means EKS.
-        "type": "eks" if eks_arn else "slurm",
-        "eks_cluster_arn": eks_arn,
-        "eks_cluster_name": eks_arn.rsplit("/", 1)[-1] if eks_arn else None,
-        "region": region,
-        "instance_groups": [g.get("InstanceGroupName") for g in response.get("InstanceGroups", [])],
-    }
-
-
-def list_cluster_nodes(sagemaker: Any, cluster_arn: str) -> list[dict[str, Any]]:
-    paginator = sagemaker.get_paginator("list_cluster_nodes")
-    summaries: list[dict[str, Any]] = []
-    for page in paginator.paginate(ClusterName=cluster_arn, PaginationConfig={"PageSize": 100}):
-        summaries.extend(page.get("ClusterNodeSummaries", []))
-    return summaries
-
-
-def node_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    status = summary.get("InstanceStatus") or {}
-    node = {
-        "instance_id": summary["InstanceId"],
-        "group": summary.get("InstanceGroupName", "unknown"),
-        "instance_type": summary.get("InstanceType"),
-        "hyperpod_status": status.get("Status", "Unknown"),
-        "hyperpod_message": status.get("Message", ""),
-        "launch_time": str(summary.get("LaunchTime", "")) or None,
-    }
-    set_hostname(node, summary.get("PrivateDnsHostname"), None)
-    return node
-
-
-def set_hostname(node: dict[str, Any], dns_hostname: str | None, ip: str | None) -> None:
-    """Slurm's node name is the short form of PrivateDnsHostname; AWS hostnames also encode the IP."""
-    short = dns_hostname.split(".", 1)[0] if dns_hostname else None
-    node["dns_hostname"] = dns_hostname
-    node["hostname"] = short
-    node["ip"] = ip or ip_from_hostname(short)
-
-
-def fill_missing_hostnames(sagemaker: Any, cluster_arn: str, nodes: list[dict[str, Any]], workers: int) -> None:
-    """Older APIs leave PrivateDnsHostname out of the summary: ask only for those nodes, in parallel."""
-    missing = [node for node in nodes if not node["hostname"]]
-    if not missing:
-        return
-
-    def describe(node: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        try:
-            details = sagemaker.describe_cluster_node(ClusterName=cluster_arn, NodeId=node["instance_id"])
-            return node, details["NodeDetails"]
-        except Exception as exc:  # noqa: BLE001 - one node's lookup must not stop discovery
-            console.log(f"warning: could not describe node {node['instance_id']}: {exc}")
-            return node, None
-
-    with ThreadPoolExecutor(max_workers=min(workers, len(missing))) as pool:
-        for node, details in pool.map(describe, missing):
-            if details:
-                set_hostname(node, details.get("PrivateDnsHostname"), details.get("PrivatePrimaryIp"))
 
 
 def select_nodes(nodes: list[dict[str, Any]], groups: Iterable[str], names: Iterable[str],

@@ -17,6 +17,7 @@ from collectors.aws import describe_aws_error
 from collectors.context import StageContext
 from collectors.errors import EXIT_NODES_FAILED, EXIT_OK
 from collectors.hashing import sha256_of
+from collectors.layout import RunLocation
 from collectors.state import RESULTS_DIR, SUCCESS_STATUSES
 
 CHUNK = 1024 * 1024
@@ -27,12 +28,12 @@ def execute(ctx: StageContext) -> int:
     state.require_stage("upload", "download")
     location = state.data["s3"]
     s3 = buckets.run_client(ctx.aws, location)
-    objects = list_tarballs(s3, location["bucket"], f"{location['run_prefix']}/instances/")
+    objects = list_tarballs(s3, location["bucket"], RunLocation.from_dict(location).instances_prefix)
     target = state.run_dir / RESULTS_DIR
     target.mkdir(exist_ok=True)
     expected = {Path(n["s3_key"]).name: n for n in state.nodes.values() if n.get("s3_key")}
     problems = missing_tarballs(state.nodes.values(), objects)
-    workers = max(1, min(ctx.settings.max_workers, len(objects) or 1))
+    workers = max(1, min(ctx.settings.download_workers, len(objects) or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(lambda obj: fetch(s3, location["bucket"], obj, target, expected), objects))
     problems += [problem for problem in results if problem]

@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from collectors import buckets, console
-from collectors.aws import describe_aws_error
 from collectors.context import StageContext
+from collectors.layout import KUBECTL_BUNDLE
 from collectors.loopback import is_loopback_url
 from collectors.state import utc_now
 
-TARBALL = "kubectl_resources.tar.gz"
+TARBALL = KUBECTL_BUNDLE
 TOP_FOLDER = "kubectl_resources"
 MANIFEST = "manifest.tsv"
 PREFLIGHT_TIMEOUT_S = 30
@@ -135,7 +135,7 @@ def collect(ctx: StageContext, target: "Target", scratch: Path, stage_started: f
     write_manifest(folder, outcomes)
     tarball = ctx.state.run_dir / TARBALL
     pack(folder, tarball)
-    s3_uri, upload_error = upload(ctx, tarball)
+    s3_uri, upload_error = buckets.store_run_file(ctx.aws, ctx.state, tarball, TARBALL, "application/gzip")
     timing["stage_seconds"] = round(time.monotonic() - stage_started, 2)
     report(outcomes, timing, tarball, s3_uri)
     return record_outcomes(ctx, outcomes, timing, tarball, s3_uri, upload_error)
@@ -404,19 +404,6 @@ def pack(folder: Path, tarball: Path) -> None:
     with tarfile.open(partial, "w:gz", compresslevel=6) as tar:
         tar.add(folder, arcname=TOP_FOLDER)
     partial.replace(tarball)
-
-
-def upload(ctx: StageContext, tarball: Path) -> tuple[str | None, str | None]:
-    location = ctx.state.data.get("s3")
-    if not location:
-        return None, "the run has no S3 prefix yet (run `invoke upload` first); the tarball is kept locally only"
-    key = f"{location['run_prefix']}/{TARBALL}"
-    try:
-        buckets.run_client(ctx.aws, location).upload_file(str(tarball), location["bucket"], key,
-                                         ExtraArgs={"ContentType": "application/gzip"})
-    except Exception as exc:  # noqa: BLE001 - the local copy stands; say why S3 failed, in one line
-        return None, f"not uploaded to s3://{location['bucket']}/{key}: {describe_aws_error(exc)}"
-    return f"s3://{location['bucket']}/{key}", None
 
 
 def report(outcomes: list[Outcome], timing: dict[str, float], tarball: Path, s3_uri: str | None) -> None:

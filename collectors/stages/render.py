@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import hashlib
 
-from collectors import console, nodescript
+from collectors import buckets, console, nodescript
 from collectors.context import StageContext
 from collectors.errors import UsageError
-from collectors.stages import upload
-
-SCRIPT_NAME = "collector_script.sh"
+from collectors.layout import SCRIPT_NAME, RunLocation
 
 
 def execute(ctx: StageContext) -> None:
@@ -44,7 +42,8 @@ def node_options(ctx: StageContext) -> nodescript.NodeOptions:
     try:
         return nodescript.NodeOptions(
             since=settings.since, file_cap_mb=settings.file_cap_mb, bundle_cap_mb=settings.bundle_cap_mb,
-            nvidia_bug_report=settings.nvidia_bug_report, upload_mode=settings.upload_mode,
+            nvidia_bug_report=settings.nvidia_bug_report, dcgm_diag=settings.dcgm_diag,
+            upload_mode=settings.upload_mode,
             s3_destination=destination, s3_region=region, eks_log_collector=wants_eks_log_collector(ctx),
             eks_log_collector_sha256=settings.eks_log_collector_sha256 or "",
             redact_patterns=settings.redact_patterns)
@@ -68,6 +67,7 @@ def awscli_destination(ctx: StageContext) -> tuple[str, str]:
     region, so the run's S3 prefix is fixed now (the upload stage keeps it). ("", "") otherwise."""
     if ctx.settings.upload_mode != "awscli":
         return "", ""
-    location = upload.run_location(ctx)
+    location = buckets.run_location(ctx.state, ctx.settings, ctx.aws)
     ctx.state.data["s3"] = location
-    return f"s3://{location['bucket']}/{location['run_prefix']}/instances/", location["region"]
+    where = RunLocation.from_dict(location)
+    return where.uri(where.instances_prefix), location["region"]

@@ -20,12 +20,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from collectors import buckets, console
+from collectors import buckets, console, transports
 from collectors.aws import describe_aws_error, error_code
 from collectors.context import StageContext
 from collectors.errors import EXIT_NODES_FAILED, EXIT_OK, Interrupted, UsageError
+from collectors.layout import (
+    NODE_ALREADY_RUNNING, NODE_ITEM_ERRORS, NODE_OK, NODE_UPLOAD_FAILED, RunLocation, node_deadline_seconds,
+    ssm_target)
 from collectors.nodes import match_names
-from collectors.nodescript import node_deadline_seconds
 from collectors.pacing import AdaptiveRate
 from collectors.progress import Progress
 from collectors.runner import FINAL, LAUNCHED, RETRY, THROTTLED, Callbacks, Engine, Launch
@@ -34,12 +36,8 @@ from collectors.state import (
     TIMEOUT, UNFINISHED_STATUSES, UNREACHABLE, utc_now)
 from collectors.transports.base import (
     SESSION_EXITED_EARLY, SESSION_FETCH_FAILED, SESSION_INTERRUPTED, SESSION_LAUNCHED, SESSION_OK,
-    SESSION_THROTTLED, SESSION_TIMEOUT, SESSION_UNREACHABLE, NodeJob, SessionResult)
-from collectors.transports.ssh import ssh_transport
-from collectors.transports.ssm import SsmCliTransport, SsmDirectTransport
+    SESSION_THROTTLED, SESSION_TIMEOUT, SESSION_UNREACHABLE, NodeJob, SessionResult, Transport, TransportNeeds)
 
-# Node script exit codes (bash/collect.sh).
-RC_OK, RC_ITEM_ERRORS, RC_UPLOAD_FAILED, RC_ALREADY_RUNNING = 0, 3, 4, 5
 # Outcome fields cleared when a node is collected again. Its launches (`launches`, the ids this run
 # gave it, and `launch_id`, the latest) are kept: a late result of an earlier launch is still known.
 OUTCOME_FIELDS = ("error_kind", "error", "s3_key", "bytes", "sha256", "items", "failed_items", "kept", "pid",
@@ -64,10 +62,10 @@ def execute(ctx: StageContext) -> int:
         state.mark_stage("run", "done")
         return EXIT_OK
     collector = NodeCollector(ctx, runnable)
-    via = "ssh" if ctx.settings.transport == "ssh" else ctx.settings.session_client
+    via = "ssh" if ctx.settings.transport == "ssh" else ctx.settings.session.client
     state.mark_stage("run", "running", started=utc_now(), planned=len(runnable), mode=collector.mode, client=via)
     console.log(f"run: {len(runnable)} node(s), {collector.mode} sessions via {via}, "
-                f"at most {ctx.settings.max_workers} open and {ctx.settings.session_rate:g} starts/s")
+                f"at most {ctx.settings.max_workers} open and {ctx.settings.session.rate:g} starts/s")
     try:
         collector.run()
     except KeyboardInterrupt:
@@ -124,15 +122,14 @@ class NodeCollector:
         self.settings = ctx.settings
         self.state = ctx.state
         self.nodes = {node["instance_id"]: node for node in nodes}
-        self.detached = ctx.settings.session_mode == "detached"
-        self.mode = ctx.settings.session_mode
+        self.detached = ctx.settings.session.mode == "detached"
+        self.mode = ctx.settings.session.mode
         self.s3 = buckets.run_client(ctx.aws, self.state.data["s3"])
-        self.ssm = ctx.aws.client("ssm")
-        self.bucket = self.state.data["s3"]["bucket"]
-        self.run_prefix = self.state.data["s3"]["run_prefix"]
+        self.location = RunLocation.from_dict(self.state.data["s3"])
+        self.bucket = self.location.bucket
         self.script_key = self.state.data["stages"]["upload"]["script_key"]
         self.transport = self.make_transport()
-        self.rate = AdaptiveRate(ctx.settings.session_rate)
+        self.rate = AdaptiveRate(ctx.settings.session.rate)
         self.progress = Progress(len(nodes), quiet=bool(ctx.options.get("quiet")),
                                  as_json=bool(ctx.options.get("json")))
         self.seen_status: dict[str, str] = {}
@@ -140,19 +137,11 @@ class NodeCollector:
         self.deferring: set[str] = set()
         self.last_save = 0.0
 
-    def make_transport(self):
-        if self.settings.transport == "ssh":
-            return ssh_transport(self.settings, self.ctx.aws.region, self.state.cluster,
-                                 list(self.state.nodes.values()),
-                                 script=Path(self.state.data["stages"]["render"]["script_path"]),
-                                 results_dir=self.state.run_dir / RESULTS_DIR, store=self.store_pulled_tarball)
-        if self.settings.session_client == "cli":
-            return SsmCliTransport(self.ctx.aws.region, self.settings.profile, self.settings.timeouts,
-                                   self.ctx.aws.cli_env(), self.terminate_session, self.settings.session_keepalive)
-        # Throttling must reach our pacing at once, not after botocore's own retries.
-        ssm = self.ctx.aws.client("ssm", retries=1)
-        return SsmDirectTransport(ssm, self.ctx.aws.region, self.settings.profile, self.settings.timeouts,
-                                  self.ctx.aws.cli_env(), self.terminate_session, self.settings.session_keepalive)
+    def make_transport(self) -> Transport:
+        return transports.make(TransportNeeds(
+            self.settings, self.ctx.aws, self.state.cluster, list(self.state.nodes.values()),
+            script=Path(self.state.data["stages"]["render"]["script_path"]),
+            results_dir=self.state.run_dir / RESULTS_DIR, store_tarball=self.store_pulled_tarball))
 
     def run(self) -> None:
         to_launch, waiting = [], {}
@@ -167,14 +156,14 @@ class NodeCollector:
         engine = Engine(
             Callbacks(prepare=self.prepare, launch=self.launch, poll=self.poll, on_launched=self.on_launched,
                       on_final=self.on_final, give_up=self.give_up, crashed=self.crashed),
-            rate=self.rate, max_sessions=self.settings.max_workers, max_attempts=self.settings.session_attempts,
+            rate=self.rate, max_sessions=self.settings.max_workers, max_attempts=self.settings.session.attempts,
             run_deadline=time.monotonic() + self.settings.timeouts.run, poll_interval=self.settings.poll_interval,
             cancel=self.ctx.cancel)
         try:
             engine.run(to_launch, waiting)
         finally:
             # The SSH transport keeps one jump-host connection per worker thread across nodes.
-            getattr(self.transport, "close", lambda: None)()
+            self.transport.close()
 
     def reset(self, node: dict[str, Any]) -> None:
         for key in OUTCOME_FIELDS:
@@ -190,7 +179,7 @@ class NodeCollector:
             return {}
         wanted = {self.status_key(self.nodes[iid]): iid for iid in relaunched}
         reports = {}
-        for obj in self.list_objects(f"{self.run_prefix}/status/"):
+        for obj in self.list_objects(self.location.status_prefix):
             iid = wanted.get(obj["Key"])
             if iid is not None:
                 self.seen_status[obj["Key"]] = obj["ETag"]
@@ -236,11 +225,11 @@ class NodeCollector:
         result = self.transport.run(self.job(node), self.ctx.cancel)
         outcome = {"attempts": attempt, "session_id": result.session_id}
         if result.kind in (SESSION_LAUNCHED, SESSION_OK) and (result.kind == SESSION_LAUNCHED or
-                                                              result.rc == RC_ALREADY_RUNNING):
+                                                              result.rc == NODE_ALREADY_RUNNING):
             # Already running (rc 5): an earlier launch of this run still collects on the node, and its
             # result is the one to wait for; its status object says when it ends, as for a detached launch.
             return Launch(LAUNCHED, dict(outcome, pid=result.pid, launched=utc_now(), launched_epoch=time.time(),
-                                         awaits_earlier_launch=result.rc == RC_ALREADY_RUNNING,
+                                         awaits_earlier_launch=result.rc == NODE_ALREADY_RUNNING,
                                          deadline=time.monotonic() + self.settings.timeouts.node_script))
         if result.kind == SESSION_OK:
             return Launch(FINAL, dict(outcome, **self.attached_outcome(node, result),
@@ -259,7 +248,7 @@ class NodeCollector:
         cluster = self.state.cluster
         return NodeJob(
             instance_id=node["instance_id"],
-            target=f"sagemaker-cluster:{cluster['id']}_{node['group']}-{node['instance_id']}",
+            target=ssm_target(cluster["id"], node),
             env={"INSTANCE_GROUP": node["group"], "INSTANCE_ID": node["instance_id"],
                  "CLUSTER_TYPE": cluster["type"], "HPC_RUN_ID": self.state.run_id, "HPC_LAUNCH_ID": node["launch_id"],
                  "HPC_DEADLINE_SECONDS": str(node_deadline_seconds(self.settings.timeouts.node_script))},
@@ -281,16 +270,10 @@ class NodeCollector:
         return buckets.presign(self.s3, operation, self.bucket, key, self.settings.presign_expiry)
 
     def tarball_key(self, node: dict[str, Any]) -> str:
-        return f"{self.run_prefix}/instances/{node['group']}_{node['instance_id']}.tar.gz"
+        return self.location.tarball_key(node)
 
     def status_key(self, node: dict[str, Any]) -> str:
-        return f"{self.run_prefix}/status/{node['group']}_{node['instance_id']}.json"
-
-    def terminate_session(self, session_id: str) -> None:
-        try:
-            self.ssm.terminate_session(SessionId=session_id)
-        except Exception as exc:  # noqa: BLE001 - best effort; SSM ends idle sessions by itself
-            console.log(f"warning: could not terminate SSM session {session_id}: {describe_aws_error(exc)}")
+        return self.location.status_key(node)
 
     def store_pulled_tarball(self, iid: str, path: Path) -> None:
         """A tarball pulled back over SSH goes to S3 like the others: later stages look for it there."""
@@ -321,7 +304,7 @@ class NodeCollector:
         on counts, or that of an earlier one when the node said that one was still running."""
         wanted = {self.status_key(self.nodes[iid]): iid for iid in keys}
         reports = {}
-        for obj in self.list_objects(f"{self.run_prefix}/status/"):
+        for obj in self.list_objects(self.location.status_prefix):
             iid = wanted.get(obj["Key"])
             if iid is None or self.seen_status.get(obj["Key"]) == obj["ETag"]:
                 continue
@@ -335,7 +318,7 @@ class NodeCollector:
                 reports[iid] = report
         if not reports:
             return {}
-        sizes = {obj["Key"]: obj["Size"] for obj in self.list_objects(f"{self.run_prefix}/instances/")}
+        sizes = {obj["Key"]: obj["Size"] for obj in self.list_objects(self.location.instances_prefix)}
         return {iid: self.judge_report(self.nodes[iid], report, sizes.get(self.tarball_key(self.nodes[iid])))
                 for iid, report in reports.items()}
 
@@ -354,8 +337,8 @@ class NodeCollector:
         rc = int(report.get("rc", -1)) if str(report.get("rc", "")).lstrip("-").isdigit() else None
         status = report.get("status")
         kept = report.get("kept")
-        if status not in ("ok", "ok_with_errors") or rc not in (RC_OK, RC_ITEM_ERRORS, None):
-            kind = "upload_failed" if status == "upload_failed" or rc == RC_UPLOAD_FAILED else "script_failed"
+        if status not in ("ok", "ok_with_errors") or rc not in (NODE_OK, NODE_ITEM_ERRORS, None):
+            kind = "upload_failed" if status == "upload_failed" or rc == NODE_UPLOAD_FAILED else "script_failed"
             where = f"; the tarball is kept on the node at {kept}" if kept else ""
             said = f": {report['error']}" if report.get("error") else ""
             where += f"; its log is on the node at {report['log']}" if report.get("log") else ""

@@ -7,15 +7,15 @@ existing automation keeps working, and adds ours next to them.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from collectors import buckets, console
-from collectors.aws import describe_aws_error
 from collectors.context import StageContext
 from collectors.errors import EXIT_NODES_FAILED, EXIT_OK
+from collectors.layout import SUMMARY_NAME, RunLocation
 from collectors.state import FAILURE_STATUSES, SKIPPED, SUCCESS_STATUSES, UNFINISHED_STATUSES, utc_now
 
-SUMMARY_NAME = "summary.json"
 TABLE_ROWS_MAX = 50
 
 
@@ -25,7 +25,7 @@ def execute(ctx: StageContext) -> int:
     summary = build_summary(state.data)
     path = state.run_dir / SUMMARY_NAME
     path.write_text(json.dumps(summary, indent=2) + "\n")
-    s3_uri = upload_summary(ctx, summary)
+    s3_uri = upload_summary(ctx, path)
     state.mark_stage("summarize", "done", summary_path=str(path), s3_uri=s3_uri)
     if ctx.options.get("json"):
         console.out(json.dumps(summary, indent=2))
@@ -63,7 +63,7 @@ def build_summary(data: dict[str, Any]) -> dict[str, Any]:
         "region": cluster.get("region"),
         "skipped": counts.get(SKIPPED, 0),
         "status_counts": counts,
-        "s3_prefix": f"s3://{s3['bucket']}/{s3['run_prefix']}" if s3 else None,
+        "s3_prefix": RunLocation.from_dict(s3).uri(s3["run_prefix"]) if s3 else None,
         "stages": {name: stage.get("status") for name, stage in data["stages"].items()},
         "kubectl_resources": data["stages"].get("kubectl", {}).get("s3_uri"),
         "commands": data["options"].get("commands", []),
@@ -100,19 +100,12 @@ def node_result(node: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def upload_summary(ctx: StageContext, summary: dict[str, Any]) -> str | None:
-    s3_location = ctx.state.data.get("s3")
-    if not s3_location:
-        console.log("summarize: the run has no S3 prefix yet (upload stage not run); summary kept locally only")
-        return None
-    key = f"{s3_location['run_prefix']}/{SUMMARY_NAME}"
-    try:
-        buckets.run_client(ctx.aws, s3_location).put_object(Bucket=s3_location["bucket"], Key=key, ContentType="application/json",
-                                        Body=json.dumps(summary, indent=2).encode())
-    except Exception as exc:  # noqa: BLE001 - the local summary is still written; say why S3 failed
-        console.log(f"warning: summary not written to S3: {describe_aws_error(exc)}")
-        return None
-    return f"s3://{s3_location['bucket']}/{key}"
+def upload_summary(ctx: StageContext, path: Path) -> str | None:
+    uri, problem = buckets.store_run_file(ctx.aws, ctx.state, path, SUMMARY_NAME, "application/json")
+    if problem:
+        console.log(f"warning: summary {problem}")
+    return uri
+
 
 
 def render_table(summary: dict[str, Any], data: dict[str, Any]) -> str:

@@ -16,13 +16,11 @@ import urllib.request
 from collectors import buckets, console
 from collectors.aws import describe_aws_error
 from collectors.context import StageContext
-from collectors.errors import StageError, UsageError
+from collectors.errors import StageError
+from collectors.layout import EKS_COLLECTOR_NAME, SCRIPT_NAME, RunLocation
 from collectors.loopback import is_loopback_url
-from collectors.settings import S3Path
-from collectors.state import RunState, cluster_dir_name
 
 EKS_COLLECTOR_ENV = "HPC_EKS_COLLECTOR_URL"
-EKS_COLLECTOR_NAME = "eks-log-collector.sh"
 # The real collector is about 60 KB; anything this big is not it.
 EKS_COLLECTOR_MAX_BYTES = 5 * 1024 * 1024
 FETCH_TIMEOUT = 60
@@ -31,8 +29,8 @@ FETCH_TIMEOUT = 60
 def execute(ctx: StageContext) -> None:
     state = ctx.state
     render = state.require_stage("render", "upload")
-    location = run_location(ctx)
-    key = f"{location['run_prefix']}/collector_script.sh"
+    location = buckets.run_location(ctx.state, ctx.settings, ctx.aws)
+    key = RunLocation.from_dict(location).key(SCRIPT_NAME)
     s3 = buckets.run_client(ctx.aws, location)
     put_file(s3, render["script_path"], location["bucket"], key)
     state.data["s3"] = location
@@ -62,7 +60,7 @@ def upload_eks_collector(ctx: StageContext, s3, location: dict[str, str]) -> str
     except StageError as exc:
         console.log(f"warning: {exc}; nodes will record the EKS log collector as not run")
         return None
-    key = f"{location['run_prefix']}/{EKS_COLLECTOR_NAME}"
+    key = RunLocation.from_dict(location).key(EKS_COLLECTOR_NAME)
     try:
         s3.put_object(Bucket=location["bucket"], Key=key, Body=body, ContentType="text/x-shellscript")
     except Exception as exc:  # noqa: BLE001 - as above: the nodes go without it
@@ -92,22 +90,3 @@ def fetch_pinned(url: str | None, expected_sha256: str, *, sandbox: bool) -> byt
     if digest != expected_sha256:
         raise StageError(f"the EKS log collector at {url} has sha256 {digest}, not the configured {expected_sha256}")
     return body
-
-
-def run_location(ctx: StageContext) -> dict[str, str]:
-    """The run's S3 prefix is fixed once chosen: every node of a run writes under the same one."""
-    recorded = ctx.state.data.get("s3")
-    if recorded and not ctx.settings.s3_path:
-        return recorded
-    path = ctx.settings.require_s3_path()
-    location = location_for(ctx.state, path)
-    if recorded and {k: recorded.get(k) for k in location} != location:
-        raise UsageError(f"run {ctx.state.run_id} already uses s3://{recorded['bucket']}/{recorded['run_prefix']}; "
-                         "start a new run (invoke collect / invoke discover) to use another S3 path")
-    location["region"] = buckets.region_of(ctx.aws, path.bucket)
-    return location
-
-
-def location_for(state: RunState, path: S3Path) -> dict[str, str]:
-    cluster = cluster_dir_name(state.cluster.get("name") or state.cluster["requested"])
-    return {"bucket": path.bucket, "prefix": path.prefix, "run_prefix": f"{path.prefix}/{cluster}/{state.run_id}"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Callable, Protocol
 
 # Session outcome kinds (more detailed than the node status they map to).
 SESSION_OK = "ok"                      # attached: the node script ran to its end in the session
@@ -54,6 +54,22 @@ class SessionResult:
 
 class Transport(Protocol):
     def run(self, job: NodeJob, cancel: Any) -> SessionResult: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class TransportNeeds:
+    """What a transport may use of the run: its settings and AWS clients, the cluster and its nodes,
+    the node script, and where a tarball pulled back from a node goes (store: instance id, path)."""
+
+    settings: Any
+    aws: Any
+    cluster: dict[str, Any]
+    nodes: list[dict[str, Any]]
+    script: Path
+    results_dir: Path
+    store_tarball: Callable[[str, Path], None]
 
 
 class RedactingLog:

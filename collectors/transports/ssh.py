@@ -39,14 +39,15 @@ from paramiko.ssh_exception import NoValidConnectionsError
 
 from collectors.errors import UsageError
 from collectors.hashing import sha256_of
+from collectors.layout import NODE_SCRIPT_RAN, SCRIPT_NAME, ssm_target
 from collectors.nodes import match_names
 from collectors.settings import Settings, Timeouts
 from collectors.transports.base import (
     SESSION_DROPPED, SESSION_EXITED_EARLY, SESSION_FETCH_FAILED, SESSION_INTERRUPTED, SESSION_LAUNCHED, SESSION_OK,
-    SESSION_START_FAILED, SESSION_TIMEOUT, SESSION_UNREACHABLE, NodeJob, RedactingLog, SessionResult, redact)
-from collectors.transports.ssm import (
-    FETCH, FINISHED_QUICKLY, RC_FETCH_FAILED, RUN_ATTACHED, RUN_DETACHED, classify_start_error, last_line,
-    parse_result_line)
+    SESSION_START_FAILED, SESSION_TIMEOUT, SESSION_UNREACHABLE, NodeJob, RedactingLog, SessionResult, TransportNeeds,
+    redact)
+from collectors.transports.protocol import (
+    FETCH, RC_FETCH_FAILED, RUN_ATTACHED, RUN_DETACHED, classify_start_error, last_line, parse_result_line)
 
 # paramiko logs every failed connection with a traceback; with no logging configured Python would print
 # them on stderr. Each failure is an outcome in the node's record instead.
@@ -84,8 +85,8 @@ DETACHED_S3 = (f'd=$1; if {FETCH}; then '
 # Pushed script, kept tarball. The folder stays until the tarball is pulled; it is handed back to
 # the login user so that SFTP can read it.
 ATTACHED_SFTP = ('d=$1; . "$d/env"; rm -f "$d/env"; export HPC_KEEP_DIR="$d/keep"; '
-                 'bash "$d/collector_script.sh"; rc=$?; [ -z "${SUDO_UID:-}" ] || chown -R "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$d"; exit $rc')
-SCRIPT_NAME = "collector_script.sh"
+                 f'bash "$d/{SCRIPT_NAME}"; rc=$?; '
+                 '[ -z "${SUDO_UID:-}" ] || chown -R "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$d"; exit $rc')
 
 
 class Cancelled(Exception):
@@ -133,16 +134,16 @@ class SshOptions:
     @classmethod
     def from_settings(cls, settings: Settings) -> "SshOptions":
         """Checked once here: a bad key or config would otherwise fail every node the same way."""
-        if settings.ssh_config and not Path(settings.ssh_config).expanduser().is_file():
-            raise UsageError(f"ssh_config {settings.ssh_config} is not a file")
-        if settings.ssh_port is not None and settings.ssh_port > 65535:
-            raise UsageError(f"ssh_port must be a port number (1 to 65535), got {settings.ssh_port}")
-        key = str(Path(settings.ssh_key).expanduser()) if settings.ssh_key else None
+        if settings.ssh.config and not Path(settings.ssh.config).expanduser().is_file():
+            raise UsageError(f"ssh_config {settings.ssh.config} is not a file")
+        if settings.ssh.port is not None and settings.ssh.port > 65535:
+            raise UsageError(f"ssh_port must be a port number (1 to 65535), got {settings.ssh.port}")
+        key = str(Path(settings.ssh.key).expanduser()) if settings.ssh.key else None
         if key:
             check_private_key(key)
-        return cls(user=settings.ssh_user, key=key, port=settings.ssh_port, config_path=settings.ssh_config,
-                   policy=settings.ssh_known_hosts, known_hosts_file=settings.ssh_known_hosts_file,
-                   data_path=settings.ssh_data_path)
+        return cls(user=settings.ssh.user, key=key, port=settings.ssh.port, config_path=settings.ssh.config,
+                   policy=settings.ssh.known_hosts, known_hosts_file=settings.ssh.known_hosts_file,
+                   data_path=settings.ssh.data_path)
 
 
 def check_private_key(path: str) -> None:
@@ -209,7 +210,7 @@ def resolve_gateway(spec: str | None, via: str, nodes: list[dict[str, Any]], clu
         if node is None:
             raise UsageError(f"--gateway-via ssm needs a gateway that is a node of the cluster (controller, an "
                              f"instance id or an ip-a-b-c-d name), not {host!r}")
-        target = f"sagemaker-cluster:{cluster['id']}_{node['group']}-{node['instance_id']}"
+        target = ssm_target(cluster["id"], node)
         proxy = ssm_proxy_command(target, port or default_port or DEFAULT_PORT, region, profile)
     address = (node.get("ip") or node.get("hostname")) if node else host
     if not address:
@@ -226,14 +227,24 @@ def ssm_proxy_command(target: str, port: int, region: str, profile: str | None) 
     return shlex.join(argv)
 
 
+# The task flags this transport adds (settings paths).
+FLAGS = ("ssh.user", "ssh.key", "ssh.port", "ssh.config", "ssh.known_hosts", "ssh.known_hosts_file", "ssh.gateway",
+         "ssh.gateway_via", "ssh.data_path")
+
+
+def make(needs: TransportNeeds) -> "SshTransport":
+    return ssh_transport(needs.settings, needs.aws.region, needs.cluster, needs.nodes, script=needs.script,
+                         results_dir=needs.results_dir, store=needs.store_tarball)
+
+
 def ssh_transport(settings: Settings, region: str, cluster: dict[str, Any], nodes: list[dict[str, Any]],
                   script: Path, results_dir: Path, store: Callable[[str, Path], None]) -> "SshTransport":
     """The transport for a run: addresses from discovery, the jump host, and where pulled tarballs go."""
-    if settings.ssh_data_path == "sftp" and settings.session_mode == "detached":
+    if settings.ssh.data_path == "sftp" and settings.session.mode == "detached":
         raise UsageError("ssh_data_path sftp pulls each tarball back while the session is open: "
                          "use --session-mode attached")
-    gateway = resolve_gateway(settings.ssh_gateway, settings.ssh_gateway_via, nodes, cluster, region,
-                              settings.profile, default_port=settings.ssh_port)
+    gateway = resolve_gateway(settings.ssh.gateway, settings.ssh.gateway_via, nodes, cluster, region,
+                              settings.profile, default_port=settings.ssh.port)
     addresses = {node["instance_id"]: node.get("ip") or node.get("hostname") for node in nodes}
     return SshTransport(SshOptions.from_settings(settings), addresses, settings.timeouts, gateway=gateway,
                         script=script, results_dir=results_dir, store=store)
@@ -526,7 +537,7 @@ class NodeSession:
             return SessionResult(SESSION_LAUNCHED, pid=int(answer[len("pid="):]), output=output)
         if answer.startswith("exited="):
             code = int(answer[len("exited="):])
-            if code in FINISHED_QUICKLY:
+            if code in NODE_SCRIPT_RAN:
                 return SessionResult(SESSION_LAUNCHED, rc=code, output=output)
             return SessionResult(SESSION_EXITED_EARLY, rc=code, step="launch", output=output,
                                  error=f"the node script exited at once with {code}: {last_line(output)}")

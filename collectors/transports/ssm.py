@@ -26,17 +26,20 @@ from typing import Any, Callable
 
 import pexpect
 
+from collectors import console
+from collectors.aws import describe_aws_error
 from collectors.errors import UsageError
+from collectors.layout import NODE_SCRIPT_RAN
 from collectors.settings import Timeouts
 from collectors.transports.base import (
     SESSION_DROPPED, SESSION_EXITED_EARLY, SESSION_FETCH_FAILED, SESSION_INTERRUPTED, SESSION_LAUNCHED, SESSION_OK,
-    SESSION_START_FAILED, SESSION_THROTTLED, SESSION_TIMEOUT, SESSION_UNREACHABLE, NodeJob, RedactingLog,
-    SessionResult, redact)
+    SESSION_START_FAILED, SESSION_TIMEOUT, NodeJob, RedactingLog, SessionResult, TransportNeeds, redact)
+from collectors.transports.protocol import (
+    FETCH, RC_FETCH_FAILED, RUN_ATTACHED, RUN_DETACHED, classify_start_error, last_line, parse_result_line)
 
 # A PTY's canonical line buffer (MAX_CANON, 4096) silently truncates longer typed lines.
 MAX_TYPED_LINE = 3500
 SESSION_STARTED_RE = re.compile(r"Starting session with SessionId: (\S+)")
-RESULT_LINE_RE = re.compile(r"^HPC_RESULT (.*)$", re.MULTILINE)
 CR_RE = re.compile(r"\r+\n?")
 # Prompts printed after each typed line (echo is off, so they run into the next output).
 LEADING_PROMPTS_RE = re.compile(r"^(?:\S*[#$] )+")
@@ -50,33 +53,42 @@ RETYPE_AFTER = 5.0
 DEFAULT_KEEPALIVE = 30.0
 # Sessions that ended with our `exit`; any other ending leaves a session SSM must be told to end.
 CLEAN_END = (SESSION_OK, SESSION_LAUNCHED, SESSION_EXITED_EARLY, SESSION_FETCH_FAILED)
-# Node script exit codes that mean it ran (its status object tells the rest): ok, item errors,
-# upload failed, or already running under the same run id (a launch repeated after a drop).
-FINISHED_QUICKLY = (0, 3, 4, 5)
-RC_FETCH_FAILED = 91
-THROTTLING_RE = re.compile(r"Throttling|Rate exceeded|TooManyRequests")
 PLUGIN = "session-manager-plugin"
 # The AWS CLI hands the StartSession response over in this variable (not argv) for newer plugins.
 RESPONSE_ENV = "AWS_SSM_START_SESSION_RESPONSE"
 PLUGIN_ENV_HANDOFF_AFTER = (1, 2, 497, 0)
 
-# Runs on the node under sh. $1 is the private launch folder; its `env` file holds the node's
-# inputs, presigned URLs included. It is read once and removed before the script starts, so no
-# item ever finds it; the wrapper's own environment never holds them (they are sourced after
-# exec) and the wrapper is replaced by the script, which removes them from its own environment
-# before any item runs. The script removes the launch folder and its log when it ends
-# (HPC_LAUNCH_DIR), keeping the log only when it could not report its result.
-FETCH = ('(. "$d/env" && printf \'url = "%s"\\n\' "$HPC_SCRIPT_URL" | '
-         'curl -fsS --retry 3 -o "$d/collector_script.sh" -K -)')
-RUN_ATTACHED = '. "$1/env"; rm -f "$1/env"; export HPC_LAUNCH_DIR="$1"; exec bash "$1/collector_script.sh"'
-RUN_DETACHED = ('. "$1/env"; rm -f "$1/env"; export HPC_LAUNCH_DIR="$1"; '
-                'exec bash "$1/collector_script.sh" >"$1.log" 2>&1')
 # Sessions are root shells unless the account's Session Manager preferences set Run-As: then the
 # script runs through `sudo -n` (never a password prompt), and a user without passwordless sudo is
 # told so instead of a half collection (as the SSH transport's node_command does for its users).
 AS_ROOT = ('r=; [ "$(id -u)" -eq 0 ] || r="sudo -n"; '
            'if [ -n "$r" ] && ! sudo -n true 2>/dev/null; then rm -rf "$d"; n="noroot_$(id -un)"; ')
 NO_ROOT_RE = re.compile(r"^noroot_(.*)$")
+
+
+# The task flags this transport adds (settings paths).
+FLAGS = ("session.client",)
+
+
+def make(needs: TransportNeeds) -> "SsmCliTransport | SsmDirectTransport":
+    settings, aws = needs.settings, needs.aws
+    terminate = session_terminator(aws.client("ssm"))
+    if settings.session.client == "cli":
+        return SsmCliTransport(aws.region, settings.profile, settings.timeouts, aws.cli_env(), terminate,
+                               settings.session.keepalive)
+    # Throttling must reach our pacing at once, not after botocore's own retries.
+    return SsmDirectTransport(aws.client("ssm", retries=1), aws.region, settings.profile, settings.timeouts,
+                              aws.cli_env(), terminate, settings.session.keepalive)
+
+
+def session_terminator(ssm: Any) -> Callable[[str], None]:
+    """Ends a session on the SSM side: killing our local client alone would leave it open there."""
+    def terminate(session_id: str) -> None:
+        try:
+            ssm.terminate_session(SessionId=session_id)
+        except Exception as exc:  # noqa: BLE001 - best effort; SSM ends idle sessions by itself
+            console.log(f"warning: could not terminate SSM session {session_id}: {describe_aws_error(exc)}")
+    return terminate
 
 
 class Cancelled(Exception):
@@ -103,6 +115,9 @@ class SsmCliTransport:
             argv += ["--profile", self.profile]
         return argv
 
+    def close(self) -> None:
+        """Nothing to close: each session is a process of its own, ended with its node."""
+
     def run(self, job: NodeJob, cancel: Any) -> SessionResult:
         argv = self.argv(job.target)
         result = converse(lambda: spawn(argv, self.env), job, self.timeouts, cancel, self.keepalive)
@@ -124,6 +139,9 @@ class SsmDirectTransport:
         self.env = env
         self.terminate = terminate
         self.env_handoff = plugin_takes_env_handoff()
+
+    def close(self) -> None:
+        """Nothing to close: each session is a process of its own, ended with its node."""
 
     def run(self, job: NodeJob, cancel: Any) -> SessionResult:
         request = {"Target": job.target}
@@ -266,7 +284,7 @@ class Conversation:
             return self._result(SESSION_FETCH_FAILED, "launch", "the node could not fetch the script from S3", output)
         if answer.startswith("exited"):
             rc = int(answer[len("exited"):])
-            if rc not in FINISHED_QUICKLY:
+            if rc not in NODE_SCRIPT_RAN:
                 return self._result(SESSION_EXITED_EARLY, "launch",
                                     f"the node script exited at once with {rc}: {last_line(output)}", output)
             return SessionResult(SESSION_LAUNCHED, rc=rc, output=output, session_id=self.session_id)
@@ -364,34 +382,11 @@ def describe_start_error(exc: BaseException) -> str:
     return str(exc)
 
 
-def classify_start_error(text: str) -> SessionResult:
-    """What StartSession (or the CLI around it) said before giving up, as an outcome kind."""
-    line = last_line(text) or "the session ended before it started"
-    if "TargetNotConnected" in text:
-        return SessionResult(SESSION_UNREACHABLE, step="session_start", output=text,
-                             error=f"SSM agent not connected (TargetNotConnected): {line}")
-    if THROTTLING_RE.search(text):
-        return SessionResult(SESSION_THROTTLED, step="session_start", output=text, error=line)
-    return SessionResult(SESSION_START_FAILED, step="session_start", output=text, error=line)
-
-
 def clean_output(text: str, secrets: list[str]) -> str:
     """Normalise CRs, drop shell prompts and blank lines, redact, keep the tail."""
     lines = [LEADING_PROMPTS_RE.sub("", line).rstrip() for line in CR_RE.sub("\n", text or "").split("\n")]
     kept = [line for line in lines if line.strip() and line.strip() not in ("#", "$")]
     return redact("\n".join(kept[-OUTPUT_TAIL_LINES:]), secrets)
-
-
-def parse_result_line(output: str) -> dict[str, str]:
-    matches = RESULT_LINE_RE.findall(output)
-    if not matches:
-        return {}
-    return dict(pair.split("=", 1) for pair in matches[-1].split() if "=" in pair)
-
-
-def last_line(text: str) -> str:
-    lines = [line for line in (text or "").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
 
 
 def close(child: pexpect.spawn) -> None:

@@ -930,7 +930,7 @@ def launch_folder(node: Node, env: dict[str, str]) -> Path:
 
 
 def test_the_urls_file_is_gone_before_any_item_runs_and_the_launch_leaves_nothing(s3, tmp_path):
-    from collectors.transports.ssm import RUN_DETACHED
+    from collectors.transports.protocol import RUN_DETACHED
 
     node = Node(tmp_path, "eks", ('ls "$HPC_LAUNCH_DIR"; cat "$HPC_LAUNCH_DIR/env"; env',))
     upload_url = presigned_put(s3, "launcher/one.tar.gz")
@@ -949,7 +949,7 @@ def test_the_urls_file_is_gone_before_any_item_runs_and_the_launch_leaves_nothin
 
 
 def test_a_launch_that_cannot_start_keeps_only_its_log_and_says_where(s3, tmp_path):
-    from collectors.transports.ssm import RUN_DETACHED
+    from collectors.transports.protocol import RUN_DETACHED
 
     node = Node(tmp_path, "eks")
     folder = launch_folder(node, {"HPC_STATUS_URL": presigned_put(s3, "launcher/bad.json"),

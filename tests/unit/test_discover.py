@@ -7,6 +7,7 @@ import pytest
 from botocore.stub import Stubber
 
 from collectors.errors import UsageError
+from collectors.sources import sagemaker_api
 from collectors.stages import discover
 
 ARN = "arn:aws:sagemaker:us-west-2:123456789012:cluster/abcdef123456"
@@ -46,7 +47,7 @@ def describe_response(orchestrator):
 def test_cluster_type_and_id_come_from_the_api(sagemaker, orchestrator, kind, eks_name):
     client, stubber = sagemaker
     stubber.add_response("describe_cluster", describe_response(orchestrator), {"ClusterName": "hp"})
-    cluster = discover.describe_cluster(client, "hp", "us-west-2")
+    cluster = sagemaker_api.describe_cluster(client, "hp", "us-west-2")
     assert (cluster["type"], cluster["eks_cluster_name"], cluster["id"]) == (kind, eks_name, "abcdef123456")
 
 
@@ -54,7 +55,7 @@ def test_unknown_cluster_is_usage_error(sagemaker):
     client, stubber = sagemaker
     stubber.add_client_error("describe_cluster", "ValidationException", "Could not find cluster 'nope'")
     with pytest.raises(UsageError, match="cluster 'nope' not found in region us-west-2"):
-        discover.describe_cluster(client, "nope", "us-west-2")
+        sagemaker_api.describe_cluster(client, "nope", "us-west-2")
 
 
 def test_all_pages_are_listed(sagemaker):
@@ -63,21 +64,21 @@ def test_all_pages_are_listed(sagemaker):
                          {"ClusterName": ARN, "MaxResults": 100})
     stubber.add_response("list_cluster_nodes", {"ClusterNodeSummaries": [summary("i-02", "b")]},
                          {"ClusterName": ARN, "MaxResults": 100, "NextToken": "t1"})
-    assert [s["InstanceId"] for s in discover.list_cluster_nodes(client, ARN)] == ["i-01", "i-02"]
+    assert [s["InstanceId"] for s in sagemaker_api.list_cluster_nodes(client, ARN)] == ["i-01", "i-02"]
 
 
 def test_missing_hostnames_are_described_only_for_those_nodes(sagemaker):
     client, stubber = sagemaker
-    nodes = [discover.node_from_summary(summary("i-01", "a", hostname="ip-10-0-0-1.ec2.internal")),
-             discover.node_from_summary(summary("i-02", "a"))]
+    nodes = [sagemaker_api.node_from_summary(summary("i-01", "a", hostname="ip-10-0-0-1.ec2.internal")),
+             sagemaker_api.node_from_summary(summary("i-02", "a"))]
     stubber.add_response("describe_cluster_node", {"NodeDetails": {
         "InstanceId": "i-02", "InstanceGroupName": "a", "PrivateDnsHostname": "ip-10-0-0-2.ec2.internal",
         "PrivatePrimaryIp": "10.0.0.2"}}, {"ClusterName": ARN, "NodeId": "i-02"})
-    discover.fill_missing_hostnames(client, ARN, nodes, workers=4)
+    sagemaker_api.fill_missing_hostnames(client, ARN, nodes, workers=4)
     assert [(n["hostname"], n["ip"]) for n in nodes] == [("ip-10-0-0-1", "10.0.0.1"), ("ip-10-0-0-2", "10.0.0.2")]
 
 
-NODES = [discover.node_from_summary(s) for s in (
+NODES = [sagemaker_api.node_from_summary(s) for s in (
     summary("i-0a1", "Workers", hostname="ip-10-0-0-1.x"), summary("i-0a2", "workers", hostname="ip-10-0-0-2.x"),
     summary("i-0b1", "controller", hostname="ip-10-0-1-1.x"))]
 

@@ -8,8 +8,9 @@ import botocore.exceptions
 import pytest
 
 from collectors.errors import UsageError
-from collectors.settings import Settings
-from collectors.stages import discover, head_node
+from collectors.settings import Settings, Ssh
+from collectors.sources import head_node
+from collectors.stages import discover
 
 ARN = "arn:aws:sagemaker:us-west-2:123456789012:cluster/abcdef123456"
 # A node in two partitions, a drained one, and one that resource_config.json does not list.
@@ -77,7 +78,7 @@ def test_the_cluster_record_comes_from_resource_config_or_the_flag():
     ("ubuntu@10.1.0.10", "ssm", "needs a gateway reached by SSH"),
 ])
 def test_the_head_node_must_be_named_and_reached_by_ssh(gateway, via, message):
-    settings = Settings(cluster="hp", transport="ssh", ssh_gateway=gateway, ssh_gateway_via=via,
+    settings = Settings(cluster="hp", transport="ssh", ssh=Ssh(gateway=gateway, gateway_via=via),
                         discovery="head-node")
     with pytest.raises(UsageError, match=message):
         head_node.head_node_address(settings)
@@ -92,7 +93,7 @@ def test_auto_discovery_falls_back_only_for_an_unreachable_api_and_a_named_head_
                                                 "DescribeCluster")
     assert discover.api_unreachable(unreachable) and discover.api_unreachable(denied)
     assert not discover.api_unreachable(throttled)
-    head = dict(cluster="hp", transport="ssh", ssh_gateway="ubuntu@10.1.0.10")
+    head = dict(cluster="hp", transport="ssh", ssh=Ssh(gateway="ubuntu@10.1.0.10"))
     assert discover.head_node_configured(Settings(**head))
     assert not discover.head_node_configured(Settings(**head, discovery="api"))
     assert not discover.head_node_configured(Settings(**dict(head, transport="ssm")))

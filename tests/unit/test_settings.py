@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from collectors.errors import UsageError
@@ -22,7 +24,9 @@ def test_env_strings_are_typed():
     # Invoke hands INVOKE_HYPERPOD_* values over as strings because config_tree() leaves are None.
     settings = Settings.from_config({"max_workers": "32", "sandbox": "true", "timeouts": {"kubectl": "30"}})
     assert settings.max_workers == 32 and settings.sandbox is True and settings.timeouts.kubectl == 30
-    assert all(value is None for key, value in config_tree().items() if key != "timeouts")
+    tree = config_tree()
+    assert all(value is None for key, value in tree.items() if key not in ("timeouts", "session", "ssh"))
+    assert all(value is None for group in ("timeouts", "session", "ssh") for value in tree[group].values())
 
 
 @pytest.mark.parametrize("config, message", [
@@ -107,3 +111,38 @@ def test_missing_cluster_and_s3_path_say_which_flag():
         settings.require_cluster()
     with pytest.raises(UsageError, match="--s3-path"):
         settings.require_s3_path()
+
+
+def test_the_readme_table_is_the_one_the_declarations_make():
+    from pathlib import Path
+
+    from collectors.settings import markdown_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("<!-- settings table: generated from collectors/settings.py KEYS -->\n")
+    end = readme.index("\n<!-- end of settings table -->")
+    assert readme[start:end].split("\n", 1)[1] == markdown_table()
+
+
+def test_every_setting_has_one_default_and_one_home():
+    from dataclasses import fields
+
+    from collectors.settings import GROUP_CLASSES, KEYS
+
+    settings = Settings()
+    for key in KEYS:
+        holder = getattr(settings, key.group) if key.group else settings
+        value = getattr(holder, key.name)
+        assert value == (Path(key.default) if key.path == "runs_dir" else key.default), key.path
+    declared = {key.path for key in KEYS}
+    made = {f.name for f in fields(Settings) if f.name not in GROUP_CLASSES}
+    made |= {f"{group}.{f.name}" for group, cls in GROUP_CLASSES.items() for f in fields(cls)}
+    assert made == declared
+
+
+def test_the_transport_setting_names_exactly_the_registered_transports():
+    from collectors import transports
+    from collectors.settings import KEYS_BY_PATH
+
+    assert set(KEYS_BY_PATH["transport"].choices) == set(transports.REGISTRY)
+    assert all(path in KEYS_BY_PATH for path in transports.flag_keys())

@@ -19,7 +19,7 @@ from paramiko.ssh_exception import NoValidConnectionsError
 
 from collectors.errors import UsageError
 from collectors.sandbox.sshd import new_key_pair, write_private_key
-from collectors.settings import Settings
+from collectors.settings import Session, Settings, Ssh
 from collectors.transports.base import (
     SESSION_START_FAILED, SESSION_THROTTLED, SESSION_TIMEOUT, SESSION_UNREACHABLE)
 from collectors.transports.ssh import (
@@ -287,38 +287,46 @@ def test_the_proxy_reports_the_end_of_its_command_instead_of_waiting():
 # -- settings ----------------------------------------------------------------------------------
 
 def test_ssh_settings_are_typed_and_checked():
-    settings = Settings.from_config({"transport": "ssh", "ssh_port": "2222", "ssh_known_hosts": "accept-new"})
-    assert (settings.transport, settings.ssh_port, settings.ssh_known_hosts) == ("ssh", 2222, "accept-new")
-    assert Settings.from_config({}).ssh_port is None
-    for bad, message in [({"transport": "rsh"}, "one of ssm, ssh"), ({"ssh_port": "x"}, "positive integer"),
-                         ({"ssh_known_hosts": "yes"}, "strict, accept-new or off"),
-                         ({"ssh_data_path": "nfs"}, "one of s3, sftp")]:
+    settings = Settings.from_config({"transport": "ssh", "ssh": {"port": "2222", "known_hosts": "accept-new"}})
+    assert (settings.transport, settings.ssh.port, settings.ssh.known_hosts) == ("ssh", 2222, "accept-new")
+    assert Settings.from_config({}).ssh.port is None
+    for bad, message in [({"transport": "rsh"}, "one of ssm, ssh"), ({"ssh": {"port": "x"}}, "positive integer"),
+                         ({"ssh": {"known_hosts": "yes"}}, "one of strict, accept-new, off"),
+                         ({"ssh": {"data_path": "nfs"}}, "one of s3, sftp")]:
         with pytest.raises(UsageError, match=message):
             Settings.from_config(bad)
+
+
+def test_the_flat_ssh_names_of_before_are_still_read_for_one_release(capsys):
+    settings = Settings.from_config({"ssh_port": "2222", "ssh_gateway": "ubuntu@10.1.0.10"})
+    assert (settings.ssh.port, settings.ssh.gateway) == (2222, "ubuntu@10.1.0.10")
+    assert "hyperpod.ssh_port is now hyperpod.ssh.port" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="sets both hyperpod.ssh_port and hyperpod.ssh.port"):
+        Settings.from_config({"ssh_port": "22", "ssh": {"port": "2222"}})
 
 
 def test_options_refuse_a_key_or_config_that_would_fail_every_node(tmp_path):
     private, _ = new_key_pair("test")
     good = tmp_path / "id_ed25519"
     write_private_key(good, private)
-    assert SshOptions.from_settings(Settings(ssh_key=str(good), ssh_port=2222)).key == str(good)
+    assert SshOptions.from_settings(Settings(ssh=Ssh(key=str(good), port=2222))).key == str(good)
     not_a_key = tmp_path / "known_hosts"
     not_a_key.write_text("host ssh-ed25519 AAAA\n")
-    for settings, message in [(Settings(ssh_key=str(not_a_key)), "not a usable private key"),
-                              (Settings(ssh_config=str(tmp_path / "none")), "is not a file"),
-                              (Settings(ssh_port=70000), "1 to 65535")]:
+    for settings, message in [(Settings(ssh=Ssh(key=str(not_a_key))), "not a usable private key"),
+                              (Settings(ssh=Ssh(config=str(tmp_path / "none"))), "is not a file"),
+                              (Settings(ssh=Ssh(port=70000)), "1 to 65535")]:
         with pytest.raises(UsageError, match=message):
             SshOptions.from_settings(settings)
 
 
 def test_tarballs_pulled_back_need_an_attached_session(tmp_path):
-    settings = Settings(transport="ssh", ssh_data_path="sftp", session_mode="detached")
+    settings = Settings(transport="ssh", ssh=Ssh(data_path="sftp"), session=Session(mode="detached"))
     with pytest.raises(UsageError, match="--session-mode attached"):
         ssh_transport(settings, "r", CLUSTER, NODES, tmp_path / "s.sh", tmp_path, lambda iid, path: None)
 
 
 def test_run_and_collect_have_every_ssh_flag_with_help():
-    import tasks
+    from collectors import tasks
 
     for task in (tasks.run_nodes, tasks.collect):
         arguments = {argument.name: argument for argument in task.get_arguments()}

@@ -80,3 +80,20 @@ def test_stage_prerequisites(tmp_path):
     state = RunState.create(tmp_path, "hp")
     with pytest.raises(UsageError, match="run `invoke discover` first"):
         state.require_stage("discover", "render")
+
+
+def test_a_run_started_with_the_clusters_arn_moves_under_its_name_and_the_arn_still_finds_it(tmp_path):
+    """Before: the run stayed under the ARN's last segment (the cluster id), while its S3 prefix and the
+    resume hint (`invoke run --cluster NAME --run-id …`) used the name, which found nothing."""
+    arn = "arn:aws:sagemaker:us-west-2:123456789012:cluster/abc123def456"
+    state = RunState.create(tmp_path, arn)
+    state.data["cluster"]["name"] = "hp-prod"
+    with state.locked():
+        state.adopt_cluster_name("hp-prod")
+        state.save()
+    assert state.run_dir == tmp_path / "hp-prod" / state.run_id
+    assert RunState.load(tmp_path, "hp-prod").run_id == state.run_id
+    assert RunState.load(tmp_path, arn).run_id == state.run_id
+    assert (tmp_path / "abc123def456").is_symlink()
+    second = RunState.create(tmp_path, arn)  # through the link: already the name's folder
+    assert second.run_dir.parent.resolve() == (tmp_path / "hp-prod").resolve()

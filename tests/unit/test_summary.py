@@ -16,7 +16,7 @@ def state_data():
         "cluster": {"name": "hp", "id": "abc123", "type": "eks", "arn": "arn:x/abc123", "region": "us-west-2"},
         "options": {"commands": ["df -h"]},
         "stages": {"run": {"status": "done"}, "kubectl": {"status": "failed", "error": "kubectl is not on PATH"}},
-        "s3": {"bucket": "b", "run_prefix": "p/hp/20260101_000000"},
+        "s3": {"bucket": "b", "prefix": "p", "run_prefix": "p/hp/20260101_000000"},
         "nodes": {
             "i-2": node("i-2", "g2", "ok", elapsed=3.5, bytes=2048, output="[hpc] ok"),
             "i-1": node("i-1", "g1", "unreachable", error="SSM agent not connected", error_kind="unreachable"),

@@ -1,7 +1,8 @@
 """The text handling of the SSM transport: redaction, output cleaning, outcome classification."""
 
 from collectors.transports.base import SESSION_START_FAILED, SESSION_THROTTLED, SESSION_UNREACHABLE, RedactingLog, redact
-from collectors.transports.ssm import classify_start_error, clean_output, parse_result_line
+from collectors.transports.protocol import classify_start_error, parse_result_line
+from collectors.transports.ssm import clean_output
 
 URL = ("http://127.0.0.1:5000/b/k.tar.gz?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F20260101"
        "&X-Amz-Date=20260101T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature=abc123")

@@ -43,12 +43,12 @@ def read_cluster(settings: Settings, region: str) -> tuple[dict[str, Any], list[
 
 def head_node_address(settings: Settings) -> tuple[str | None, str, int | None]:
     """The jump host named by --gateway: it must be reachable without the API (by address, over SSH)."""
-    if not settings.ssh_gateway:
+    if not settings.ssh.gateway:
         raise UsageError("reading the nodes from the head node needs --gateway [user@]head-node[:port]")
-    if settings.ssh_gateway_via != "ssh":
+    if settings.ssh.gateway_via != "ssh":
         raise UsageError("reading the nodes from the head node needs a gateway reached by SSH (--gateway-via ssh): "
                          "an SSM session to it needs the cluster's id from the API")
-    user, host, port = split_user_host_port(settings.ssh_gateway)
+    user, host, port = split_user_host_port(settings.ssh.gateway)
     if host == GATEWAY_CONTROLLER:
         raise UsageError("--gateway controller is found through the SageMaker API; name the head node instead "
                          "(--gateway user@head-node)")
@@ -59,7 +59,7 @@ def run_on_head_node(settings: Settings, user: str | None, host: str, port: int 
     """`sinfo` and resource_config.json over one connection, with the run's SSH settings and host-key policy."""
     ssh = SshTransport(SshOptions.from_settings(settings), {}, settings.timeouts)
     connection = ssh.connection(host, user, port)
-    where = f"head node {settings.ssh_gateway}"
+    where = f"head node {settings.ssh.gateway}"
     try:
         connection.open()
         sinfo = connection.run(SINFO, hide=True, warn=True, in_stream=False, timeout=settings.timeouts.session_prompt)
