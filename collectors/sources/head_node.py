@@ -17,9 +17,10 @@ from invoke.exceptions import CommandTimedOut
 from collectors.errors import UsageError
 from collectors.nodes import ip_from_hostname
 from collectors.settings import Settings
-from collectors.transports.ssh import (
-    CONNECT_ERRORS, GATEWAY_CONTROLLER, SshOptions, SshTransport, close_connection, connect_failure,
-    split_user_host_port)
+from collectors.transports.ssh import SshTransport
+from collectors.transports.ssh.failures import CONNECT_ERRORS, close_connection, connect_failure
+from collectors.transports.ssh.gateway import GATEWAY_CONTROLLER, split_user_host_port
+from collectors.transports.ssh.options import SshOptions
 
 RESOURCE_CONFIG = "/opt/ml/config/resource_config.json"
 # One line per node and partition: name, hostname, address, state (`idle`, `drained`, `down*`…).

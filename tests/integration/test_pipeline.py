@@ -126,7 +126,7 @@ def test_node_names_from_stdin_chain_stages(cluster, tmp_path):
     (["collect", "--nodes", "i-0abc", "--instance-groups", "worker-group-1"], "cannot be used together"),
     (["discover", "--nodes", "ip-1-2-3-4"], "no node in cluster hp-sandbox matches ip-1-2-3-4"),
     (["summarize", "--run-id", "20200101_000000"], "no state for run 20200101_000000"),
-    (["discover", "--max-workers", "0"], "max_workers must be a positive integer"),
+    (["run", "--max-workers", "0"], "max_workers must be a positive integer"),
     (["collect", "--s3-path", "s3://hyperpod-sandbox-reports/a//b"], "has an empty, '.' or '..' segment"),
     (["collect", "--s3-path", "s3://hyperpod-sandbox-reports/a/../b"], "has an empty, '.' or '..' segment"),
     (["collect", "--s3-path", "s3://hyperpod-sandbox-reports/./b"], "has an empty, '.' or '..' segment"),

@@ -27,7 +27,9 @@ from collectors.settings import Timeouts
 from collectors.transports.base import (
     SESSION_INTERRUPTED, SESSION_LAUNCHED, SESSION_OK, SESSION_START_FAILED, SESSION_TIMEOUT, SESSION_UNREACHABLE,
     NodeJob)
-from collectors.transports.ssh import Gateway, SshOptions, SshTransport, ssm_proxy_command
+from collectors.transports.ssh import SshTransport
+from collectors.transports.ssh.gateway import Gateway, ssm_proxy_command
+from collectors.transports.ssh.options import SshOptions
 from tests.conftest import closed_port, require_tool
 
 PROJECT = Path(__file__).resolve().parents[2]

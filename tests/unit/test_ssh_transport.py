@@ -22,10 +22,12 @@ from collectors.sandbox.sshd import new_key_pair, write_private_key
 from collectors.settings import Session, Settings, Ssh
 from collectors.transports.base import (
     SESSION_START_FAILED, SESSION_THROTTLED, SESSION_TIMEOUT, SESSION_UNREACHABLE)
-from collectors.transports.ssh import (
-    ATTACHED_S3, ATTACHED_SFTP, DETACHED_S3, PREPARE, AcceptNewPolicy, EndingProxyCommand, SshOptions,
-    UnknownHostKey, connect_failure, env_file, host_key_policy, known_hosts_files, node_command, proxy_failure,
-    resolve_gateway, split_user_host_port, ssh_transport)
+from collectors.transports.ssh import ssh_transport
+from collectors.transports.ssh.failures import connect_failure, proxy_failure
+from collectors.transports.ssh.gateway import EndingProxyCommand, resolve_gateway, split_user_host_port
+from collectors.transports.ssh.hostkeys import AcceptNewPolicy, UnknownHostKey, host_key_policy, known_hosts_files
+from collectors.transports.ssh.options import SshOptions
+from collectors.transports.ssh.session import ATTACHED_S3, ATTACHED_SFTP, DETACHED_S3, PREPARE, env_file, node_command
 
 CLUSTER = {"id": "abc123", "name": "hp", "type": "slurm"}
 NODES = [
