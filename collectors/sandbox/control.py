@@ -403,7 +403,7 @@ class Sandbox:
         # keys to the status.
         status.update(start_node_services(self.root, status))  # Slurm and sshd, once the nodes are up
         if status["type"] == "eks":
-            from collectors.sandbox.kube import start_kube  # when used: the plugin imports this module per session
+            from collectors.sandbox.kube.lifecycle import start_kube  # when used: the plugin imports this module per session
 
             status["kubernetes"] = start_kube(self.root, status)  # the API server real kubectl talks to
         # Faults last, so a slow or hung command never gets in the way of starting the services.
@@ -483,7 +483,7 @@ class Sandbox:
         if not (self.root / MARKER_FILE).exists():
             raise SandboxError(f"{self.root} is not a sandbox folder; not touching it")
         # The nodes' daemons first: they are stopped by host PID while their nodes still run.
-        from collectors.sandbox.kube import stop_kube  # when used, as in start()
+        from collectors.sandbox.kube.lifecycle import stop_kube  # when used, as in start()
 
         survivors = stop_node_services(self.root) + stop_nodes(self.root) + self.stop_server() + stop_kube(self.root)
         if survivors:
