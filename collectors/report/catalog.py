@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from collectors.errors import UsageError
+from collectors.report.checks import TESTS
 from collectors.report.literals import required_literals
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
@@ -388,9 +389,6 @@ def _check_title(rule: Rule, here: str) -> None:
 def _check_test(rule: Rule, here: str) -> None:
     if rule.test is None:
         return
-    # Imported here: checks.py imports this module for its types.
-    from collectors.report.checks import TESTS
-
     known = TESTS.get(rule.source, {})
     if rule.test not in known:
         raise UsageError(f"{here}: unknown {rule.source} test {rule.test!r} (known: {', '.join(sorted(known))})")
