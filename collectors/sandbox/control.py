@@ -13,22 +13,18 @@ can stop exactly those.
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collectors.loopback import refuse_non_loopback
 from collectors.errors import SandboxError
-from collectors.sandbox.services import start_node_services, stop_node_services
+from collectors.sandbox.clients import sandbox_client
 from collectors.sandbox.content import ClusterFacts, Node, stand_in_kind
 from collectors.sandbox.credentials import FAKE_CREDENTIALS
-from collectors.sandbox.history import cluster_history
 from collectors.sandbox.entry import (
     is_same_process,
     node_shell_env,
@@ -36,17 +32,9 @@ from collectors.sandbox.entry import (
     read_init_pid,
     read_init_pids,
 )
-from collectors.sandbox.nodes import (
-    kill_if_same,
-    namespaces_problem,
-    node_dir,
-    process_identity,
-    read_process_record,
-    record_process,
-    start_nodes,
-    stop_nodes,
-    wait_until_gone,
-)
+from collectors.sandbox.history import cluster_history
+from collectors.sandbox.kube.lifecycle import start_kube, stop_kube
+from collectors.sandbox.nodes import namespaces_problem, node_dir, read_process_record, start_nodes, stop_nodes
 from collectors.sandbox.scenario import (
     DEFAULT_DISTRIBUTION,
     NODE_FAULT_DEFAULTS,
@@ -55,13 +43,12 @@ from collectors.sandbox.scenario import (
     load_scenario,
     node_settings,
 )
+from collectors.sandbox.servers import PACKAGE_PARENT, await_server, start_server, stop_server
+from collectors.sandbox.services import start_node_services, stop_node_services
 
 MARKER_FILE = ".hyperpod-collect-sandbox"
 REPORTS_PREFIX = "hyperpod-issue-reports"
 ACCOUNT_ID = "123456789012"  # moto's default account
-PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder that holds `collectors/`
-SERVER_START_TIMEOUT_S = 30.0
-SERVER_STOP_TIMEOUT_S = 5.0
 # In each node (its own /opt): where the sandbox's S3 and instance metadata are, for the node's `aws`.
 NODE_AWS_CONFIG = "/opt/sandbox-aws/config"
 
@@ -153,38 +140,6 @@ def default_root() -> Path:
     if runtime_dir:
         return Path(runtime_dir) / "hyperpod-collect-sandbox"
     return Path(f"/tmp/hyperpod-collect-sandbox-{os.getuid()}")
-
-
-# ---------------------------------------------------------------------------------------------
-# AWS clients that can only talk to the sandbox
-
-
-def sandbox_client(service: str, endpoint: str, region: str, root: Path):
-    """A boto3 client with fake credentials, no config files, no proxies, and the loopback guard."""
-    # Imported here: the session-manager-plugin stand-in imports this package once per session.
-    import boto3
-    import botocore.config
-    import botocore.session
-
-    # No credential lookup may fall through to the instance metadata service (169.254.169.254).
-    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-    core_session = botocore.session.Session()
-    core_session.set_config_variable("config_file", str(root / "aws-config"))
-    core_session.set_config_variable("credentials_file", str(root / "aws-credentials"))
-    core_session.set_config_variable("profile", "default")
-    session = boto3.session.Session(
-        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        region_name=region,
-        botocore_session=core_session,
-    )
-    # SigV4 for S3, as the sandbox's S3 (like S3 itself) refuses SigV2, which botocore's presigner
-    # would otherwise use for these URLs.
-    s3_signing = {"signature_version": "s3v4"} if service == "s3" else {}
-    config = botocore.config.Config(proxies={}, retries={"mode": "standard", "max_attempts": 2}, **s3_signing)
-    client = session.client(service, endpoint_url=endpoint, config=config)
-    client.meta.events.register("before-send", refuse_non_loopback)
-    return client
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,8 +358,6 @@ class Sandbox:
         # keys to the status.
         status.update(start_node_services(self.root, status))  # Slurm and sshd, once the nodes are up
         if status["type"] == "eks":
-            from collectors.sandbox.kube.lifecycle import start_kube  # when used: the plugin imports this module per session
-
             status["kubernetes"] = start_kube(self.root, status)  # the API server real kubectl talks to
         # Faults last, so a slow or hung command never gets in the way of starting the services.
         node_faults = {iid: node["faults"] for iid, node in settings.items() if node["faults"] != NODE_FAULT_DEFAULTS}
@@ -454,27 +407,9 @@ class Sandbox:
         plugin.chmod(0o755)
 
     def start_server(self) -> str:
-        python_path = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))
-        env = dict(os.environ, PYTHONPATH=python_path)
-        with open(self.root / "server.log", "wb") as log:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "collectors.sandbox.server", "--root", str(self.root)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=env,
-                start_new_session=True,  # outlives `invoke sandbox.up`
-            )
+        server = start_server("collectors.sandbox.server", self.root, self.root)
         self.started.append(server)
-        record_process(self.root, {"server": process_identity(server.pid)})
-        return self.await_server(server)
-
-    def await_server(self, server: subprocess.Popen) -> str:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        server_file = self.root / "server.json"
-        while not server_file.exists():
-            if server.poll() is not None or time.monotonic() > deadline:
-                log_tail = (self.root / "server.log").read_text(errors="replace")[-2000:]
-                raise SandboxError(f"the sandbox AWS server did not start:\n{log_tail}")
-            time.sleep(0.02)
-        return json.loads(server_file.read_text())["endpoint"]
+        return await_server(self.root, server, "the sandbox AWS server")["endpoint"]
 
     def down(self) -> None:
         """Stop every recorded node and the server, then remove ROOT. Safe to repeat."""
@@ -483,22 +418,10 @@ class Sandbox:
         if not (self.root / MARKER_FILE).exists():
             raise SandboxError(f"{self.root} is not a sandbox folder; not touching it")
         # The nodes' daemons first: they are stopped by host PID while their nodes still run.
-        from collectors.sandbox.kube.lifecycle import stop_kube  # when used, as in start()
-
-        survivors = stop_node_services(self.root) + stop_nodes(self.root) + self.stop_server() + stop_kube(self.root)
+        survivors = stop_node_services(self.root) + stop_nodes(self.root) + stop_server(self.root) + stop_kube(self.root)
         if survivors:
             raise SandboxError(f"sandbox processes {survivors} did not stop; {self.root} is kept")
         shutil.rmtree(self.root)
-
-    def stop_server(self) -> list[int]:
-        record = read_process_record(self.root)
-        if not record:
-            return []
-        server = record["server"]
-        kill_if_same(server, signal.SIGTERM)
-        if wait_until_gone([server], SERVER_STOP_TIMEOUT_S):
-            kill_if_same(server, signal.SIGKILL)
-        return wait_until_gone([server])
 
     # -- inspection -------------------------------------------------------------------------
 
