@@ -32,7 +32,6 @@ class NodeTest(ABC):
         return Hit(rule=self.rule.id, key=key, count=1, evidence=[proof], **extra)
 
 
-
 def gathered(hits: list[Hit]) -> Hit:
     """Many hits of one key as one: counted, the first evidence lines, every GPU named."""
     first = hits[0]

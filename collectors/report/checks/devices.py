@@ -46,7 +46,6 @@ class PcieWidth(NodeTest):
         return [gathered(self.found)] if self.found else []
 
 
-
 EFA_SAMPLE_RE = re.compile(rb"^== sample (\d+)")
 EFA_COUNTER_RE = re.compile(rb"^\./([^/]+)/ports/(\d+)/hw_counters/([^:]+):(\d+)\s*$")
 
