@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from collectors.clean import Cleaner, Mapping
+from collectors.clean.rewrite import Cleaner
+from collectors.clean.standins import Mapping
 from collectors.report.nodeset import expand
 from collectors.sandbox import SandboxSpec
 from tests.conftest import require_tool

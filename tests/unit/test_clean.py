@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 from collectors import pipeline
-from collectors.clean import Cleaner, Inventory, Mapping
+from collectors.clean.learn import Inventory
+from collectors.clean.rewrite import Cleaner
+from collectors.clean.standins import Mapping
 from collectors.errors import UsageError
 from collectors.report.engine import build_report
 from collectors.report.nodeset import expand
