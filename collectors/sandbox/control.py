@@ -1,6 +1,6 @@
 """Start, inspect and stop the local emulated HyperPod (the sandbox).
 
-`Sandbox(root).up(spec)` starts the patched moto server (server.py), creates the S3 bucket and the
+`Sandbox(root).up(spec)` starts the patched moto server (server/), creates the S3 bucket and the
 HyperPod cluster through the real API, starts one namespace node per cluster node (nodes.py), the
 nodes' services, arms the scenario's faults and puts the stand-in session-manager-plugin (plugin.py)
 in ROOT/bin. Nodes get the real AWS CLI and, through the server's instance metadata service, their
@@ -43,7 +43,7 @@ from collectors.sandbox.scenario import (
     load_scenario,
     node_settings,
 )
-from collectors.sandbox.servers import PACKAGE_PARENT, await_server, start_server, stop_server
+from collectors.sandbox.processes import PACKAGE_PARENT, await_server, start_server, stop_server
 from collectors.sandbox.services import start_node_services, stop_node_services
 
 MARKER_FILE = ".hyperpod-collect-sandbox"

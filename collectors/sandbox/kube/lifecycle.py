@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from collectors.sandbox.clients import sandbox_client
-from collectors.sandbox.servers import await_server, start_server, stop_server
+from collectors.sandbox.processes import await_server, start_server, stop_server
 
 
 def kube_dir(root: Path) -> Path:
