@@ -1,4 +1,4 @@
-"""The files of a run: which there are, how a tarball's members are read, and how the copy's are made private."""
+"""The files of a run: which there are, what a damaged one raises, and how the copy's are made private."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import os
 import tarfile
 import zlib
 from pathlib import Path
-from typing import IO, Iterator
-
-GZIP_MAGIC = b"\x1f\x8b"
-
+from typing import IO
 
 def is_tarball(path: Path) -> bool:
     return path.name.endswith((".tar.gz", ".tgz"))
@@ -25,19 +22,9 @@ def run_files(run_dir: Path) -> list[Path]:
     return sorted(files, key=lambda path: (is_tarball(path), str(path)))
 
 
-# What a damaged bundle raises when read: a cut or corrupt gzip stream, a broken tar header.
+# What a damaged bundle raises when read: a cut or corrupt gzip stream, a broken tar header. Not
+# every OSError, as the report's READ_ERRORS: an error writing the copy (a full disk) must be raised.
 DAMAGE = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
-
-
-def tar_members(path: Path) -> Iterator[tuple[tarfile.TarInfo, IO[bytes] | None]]:
-    with gzip.open(path) as unpacked, tarfile.open(fileobj=unpacked, mode="r|") as tar:
-        for member in tar:
-            yield member, tar.extractfile(member) if member.isfile() else None
-
-
-def member_text(raw: IO[bytes]) -> IO[bytes]:
-    """A member's content as text: a compressed log inflated, a `.gz` that is not gzip as it is."""
-    return gzip.GzipFile(fileobj=raw) if raw.peek(2)[:2] == GZIP_MAGIC else raw
 
 
 def is_binary(first_block: bytes) -> bool:

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from collectors.clean.files import DAMAGE, member_text, tar_members
+from collectors.clean.files import DAMAGE
 from collectors.clean.spans import INSTANCE_ID_RE, IP_HOST_RE, IPV4_RE, ipv6_spans, mac_spans
-from collectors.report.scan import blocks
+from collectors.report.bundles import blocks, member_text, members
 
 # Accounts every Linux image has: they name no one (sos keeps a like list, preppers/usernames.py).
 SYSTEM_USERS = frozenset("""
@@ -147,7 +147,7 @@ def learn_tarball(path: Path) -> Inventory:
     """A damaged tarball is learned as far as it can be read; the copy says it is damaged."""
     inventory = Inventory()
     try:
-        for member, content in tar_members(path):
+        for member, content in members(path):
             inventory.learn_text(member.name.encode(), member.name)
             inventory.add_user(member.uname.encode())
             if content is not None:

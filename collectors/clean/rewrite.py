@@ -9,10 +9,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from collectors.clean.files import DAMAGE, is_binary, member_text, private_file, tar_members
+from collectors.clean.files import DAMAGE, is_binary, private_file
 from collectors.clean.spans import IP_HOST_RE, KIND_LABELS, PATTERN_FINDERS, Span, instance_id_spans, literal_spans
 from collectors.clean.standins import Mapping
-from collectors.report.scan import blocks
+from collectors.report.bundles import blocks, member_text, members
 
 SKIP = object()  # the stand-in of a span left as it is (an address of a network that names no one)
 # A file this many bytes or less is cleaned in memory; a larger one goes through a temporary file.
@@ -142,10 +142,10 @@ def cleaned_members(path: Path, cleaner: Cleaner) -> Iterator[tuple[tarfile.TarI
     """Each member's cleaned header and content (None for a binary file, and for what has none);
     a last (None, None) where the tarball turns out damaged. Only reading can be damage: an error
     writing the copy (a full disk) is raised."""
-    members = tar_members(path)
+    each = members(path)
     while True:
         try:
-            member, content = next(members)
+            member, content = next(each)
             body = cleaned_member(content, cleaner) if content is not None else None
         except StopIteration:
             return

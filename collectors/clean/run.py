@@ -15,10 +15,9 @@ from collectors.clean.files import is_tarball, private_file, private_folder, run
 from collectors.clean.learn import Inventory, learn_file, learn_tarball
 from collectors.clean.rewrite import Cleaner, clean_file, clean_tarball
 from collectors.clean.standins import MAP_FORMAT, Mapping
+from collectors.report.bundles import chunk_size, in_processes
 
 MAP_SUFFIX = ".private-map.json"
-# Below this many bundles, worker processes cost more than they save (as in the report's scan).
-PARALLEL_FROM = 16
 
 
 @dataclass
@@ -91,10 +90,10 @@ def clean_tarball_in_worker(source: Path, target: Path, mapping: Mapping, keep: 
 
 def fan_out(work: Callable[..., Any], jobs: list[tuple], workers: int) -> list[Any]:
     """Bundles in worker processes when there are many of them; the answers in the jobs' order."""
-    if workers <= 1 or len(jobs) < PARALLEL_FROM:
+    if not in_processes(len(jobs), workers):
         return [work(*job) for job in jobs]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(work, *zip(*jobs), chunksize=max(1, len(jobs) // (workers * 8))))
+        return list(pool.map(work, *zip(*jobs), chunksize=chunk_size(len(jobs), workers)))
 
 
 def write_private_json(path: Path, doc: dict[str, Any]) -> None:

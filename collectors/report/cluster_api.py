@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import tarfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from collectors.cluster_api import (
     TARBALL,
     TOP_FOLDER,
 )
+from collectors.report.bundles import READ_ERRORS
 
 
 @dataclass
@@ -49,7 +49,7 @@ def load_cluster_api(run_dir: Path) -> ClusterRecord | None:
             for member in tar:
                 if member.isfile():
                     read_member(record, details, member.name.removeprefix(f"{TOP_FOLDER}/"), tar.extractfile(member))
-    except (OSError, tarfile.TarError, EOFError, zlib.error, ValueError) as exc:
+    except READ_ERRORS + (ValueError,) as exc:  # ValueError: a member that is not JSON
         record.problems.append(f"{TARBALL}: {type(exc).__name__}: {exc}")
     for event in record.events:
         event.update(details.get(event["EventId"], {}))
