@@ -56,22 +56,22 @@ class Span(NamedTuple):
     original: str
 
 
-def ipv4_spans(block: bytes) -> Iterator[Span]:
-    for match in IPV4_RE.finditer(block):
-        if not preceded_by(block, match.start(), NOT_BEFORE_IPV4):
-            yield Span(match.start(), match.end(), "ipv4", match[0].decode())
+Finder = Callable[[bytes], Iterator[Span]]
 
 
-def host_spans(block: bytes) -> Iterator[Span]:
-    for match in IP_HOST_RE.finditer(block):
-        if not preceded_by(block, match.start(), NOT_BEFORE_HOST):
-            yield Span(match.start(), match.end(), "hostname", match[0].decode())
+def not_preceded(pattern: re.Pattern[bytes], forbidden: frozenset[bytes], kind: str) -> Finder:
+    """The finder of the pattern's matches that no character of `forbidden` comes right before."""
+    def spans(block: bytes) -> Iterator[Span]:
+        for match in pattern.finditer(block):
+            if not preceded_by(block, match.start(), forbidden):
+                yield Span(match.start(), match.end(), kind, match[0].decode())
+
+    return spans
 
 
-def instance_id_spans(block: bytes) -> Iterator[Span]:
-    for match in INSTANCE_ID_RE.finditer(block):
-        if not preceded_by(block, match.start(), NOT_BEFORE_HOST):
-            yield Span(match.start(), match.end(), "instance_id", match[0].decode())
+ipv4_spans = not_preceded(IPV4_RE, NOT_BEFORE_IPV4, "ipv4")
+host_spans = not_preceded(IP_HOST_RE, NOT_BEFORE_HOST, "hostname")
+instance_id_spans = not_preceded(INSTANCE_ID_RE, NOT_BEFORE_HOST, "instance_id")
 
 
 def mac_spans(block: bytes) -> Iterator[Span]:
@@ -102,7 +102,7 @@ def ipv6_spans(block: bytes) -> Iterator[Span]:
             yield Span(start, match.end(), "ipv6", str(address))
 
 
-def literal_spans(kind_of: dict[str, str]) -> Callable[[bytes], Iterator[Span]]:
+def literal_spans(kind_of: dict[str, str]) -> Finder:
     """Known names (cluster, bucket, user and host names, account ids) as whole words (letters and
     digits around them are part of another word), longest first, so that `hp-sandbox-eks` is not
     taken for `hp-sandbox`; never inside an instance type (a cluster named `ml` or `p5`)."""
@@ -127,5 +127,5 @@ def literal_spans(kind_of: dict[str, str]) -> Callable[[bytes], Iterator[Span]]:
     return spans
 
 
-PATTERN_FINDERS: tuple[Callable[[bytes], Iterator[Span]], ...] = (
+PATTERN_FINDERS: tuple[Finder, ...] = (
     mac_spans, ipv6_spans, host_spans, ipv4_spans, instance_id_spans)
