@@ -32,18 +32,12 @@ from collectors.sandbox.entry import (
     read_init_pid,
     read_init_pids,
 )
+from collectors.sandbox.faults import NODE_FAULT_DEFAULTS, SCENARIO_FAULT_DEFAULTS
 from collectors.sandbox.history import cluster_history
 from collectors.sandbox.kube.lifecycle import start_kube, stop_kube
 from collectors.sandbox.nodes import namespaces_problem, node_dir, read_process_record, start_nodes, stop_nodes
-from collectors.sandbox.scenario import (
-    DEFAULT_DISTRIBUTION,
-    NODE_FAULT_DEFAULTS,
-    SCENARIO_FAULT_DEFAULTS,
-    check_scenario,
-    load_scenario,
-    node_settings,
-)
 from collectors.sandbox.processes import PACKAGE_PARENT, await_server, start_server, stop_server
+from collectors.sandbox.scenario import DEFAULT_DISTRIBUTION, check_scenario, load_scenario, node_settings
 from collectors.sandbox.services import start_node_services, stop_node_services
 
 MARKER_FILE = ".hyperpod-collect-sandbox"

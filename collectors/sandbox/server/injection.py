@@ -1,6 +1,6 @@
 """The faults armed now (GET|POST /_emu/faults), and the handlers that show them as the real services do.
 
-Scenario-wide and per-node faults (docs/scenarios.md; their format is scenario.py's), failed S3
+Scenario-wide and per-node faults (docs/scenarios.md; their format is faults.py's), failed S3
 uploads for chosen keys, and IAM actions the operator is denied. The session faults are shown by
 sessions.py and the stand-in session-manager-plugin, which reads ROOT/faults.json.
 """
@@ -17,12 +17,7 @@ from werkzeug.wrappers import Request, Response
 from collectors.errors import SandboxError
 from collectors.sandbox.nodes import apply_node_faults, write_json_atomically
 from collectors.sandbox.s3auth import S3Refusal, credential_scope, is_api_call, s3_error_response
-from collectors.sandbox.scenario import (
-    NODE_FAULT_DEFAULTS,
-    SCENARIO_FAULT_DEFAULTS,
-    check_fault_change,
-    merged_faults,
-)
+from collectors.sandbox.faults import NODE_FAULT_DEFAULTS, SCENARIO_FAULT_DEFAULTS, check_fault_change, merged_faults
 from collectors.sandbox.server.responses import aws_json_error, json_response
 from collectors.sandbox.server.sagemaker import find_cluster, sagemaker_clusters
 
