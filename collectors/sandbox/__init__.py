@@ -5,6 +5,9 @@ imports this package once per session and needs none of them.
 """
 
 import importlib
+from pathlib import Path
+
+FIXTURES = Path(__file__).with_name("fixtures")  # the files the sandbox's nodes and servers are made from
 
 PUBLIC_NAMES = {
     "GroupSpec": "collectors.sandbox.control",

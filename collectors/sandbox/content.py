@@ -23,10 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from collectors.sandbox import packs
+from collectors.sandbox import FIXTURES, packs
 from collectors.sandbox.scenario import DEFAULT_DISTRIBUTION
-
-FIXTURES = packs.FIXTURES
 
 
 @dataclass(frozen=True)

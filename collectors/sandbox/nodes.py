@@ -37,8 +37,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from collectors.sandbox.content import (  # FIXTURES is read from here by slurm.py and sshd.py
-    FIXTURES,
+from collectors.sandbox.content import (
     ClusterFacts,
     LogSources,
     Node,

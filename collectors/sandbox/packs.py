@@ -16,7 +16,8 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-FIXTURES = Path(__file__).with_name("fixtures")
+from collectors.sandbox import FIXTURES
+
 DRIVER = "535.183.01"
 CUDA = "12.2"
 NVIDIA_SMI_FALLEN_OFF_BUS = 15  # nvidia-smi's exit status for "GPU has fallen off the bus"

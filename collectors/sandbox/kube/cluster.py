@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import yaml
 
+from collectors.sandbox import FIXTURES
 from collectors.sandbox.kube.catalog import BY_KIND
 from collectors.sandbox.kube.events import add_node_events, add_pod_start_events, controller_event, pod_event
 from collectors.sandbox.kube.meta import Clock, name_suffix, owner_reference, stable_uid, template_hash
@@ -21,7 +21,7 @@ from collectors.sandbox.kube.pods import (
 )
 from collectors.sandbox.kube.store import Store
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "kube" / "cluster.yaml"
+FIXTURE = FIXTURES / "kube" / "cluster.yaml"
 
 
 def load_manifests() -> list[dict]:
