@@ -19,24 +19,29 @@ def kube_subject(name: str) -> str:
     return name[len(EKS_NODE_PREFIX):] if name.startswith(EKS_NODE_PREFIX + "i-") else name
 
 
-def kube_hit(rule: Any, source: str, name: str, key: str, text: str, case: str | None = None) -> Hit:
+def kube_hit(rule: Any, view: RunView, kind: str, name: str, key: str, text: str, case: str | None = None) -> Hit:
+    """A hit on node `name`, its evidence the bundle member that holds the objects of `kind`."""
+    source = view.kube.sources.get(kind, "kubectl")
     return Hit(rule=rule.id, key=key, count=1, subject=kube_subject(name), case=case,
                evidence=[Evidence(source, None, text)])
 
 
+def named_nodes(view: RunView) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each Node object with its name; none where the run has no kubectl bundle."""
+    for node in view.kube.nodes if view.kube is not None else ():
+        yield node.get("metadata", {}).get("name", "?"), node
+
+
 def hyperpod_labels(rule: Any, view: RunView) -> list[Hit]:
-    if view.kube is None:
-        return []
     hits = []
-    for node in view.kube.nodes:
-        name = node.get("metadata", {}).get("name", "?")
+    for name, node in named_nodes(view):
         labels = node.get("metadata", {}).get("labels") or {}
         faults = "".join(f", {label.rsplit('/', 1)[1]}={labels[label]}" for label in FAULT_LABELS if label in labels)
         for label, healthy in ((HEALTH_LABEL, ("Schedulable",)), (DEEP_HEALTH_LABEL, ("Passed",))):
             value = labels.get(label)
             if value and value not in healthy:
                 short = label.rsplit("/", 1)[1]
-                hits.append(kube_hit(rule, view.kube.sources.get("Node", "kubectl"), name, f"{short}={value}",
+                hits.append(kube_hit(rule, view, "Node", name, f"{short}={value}",
                                      f"node {name}: {label}={value}{faults}", case=value))
     return hits
 
@@ -46,17 +51,14 @@ PRESSURE_CONDITIONS = ("MemoryPressure", "DiskPressure", "PIDPressure", "Network
 
 def node_conditions(rule: Any, view: RunView) -> list[Hit]:
     """Ready must be True, pressures False; node agents add `...Ready` conditions of their own."""
-    if view.kube is None:
-        return []
     hits = []
-    for node in view.kube.nodes:
-        name = node.get("metadata", {}).get("name", "?")
+    for name, node in named_nodes(view):
         for condition in node.get("status", {}).get("conditions") or []:
             kind, status = condition.get("type", ""), condition.get("status", "")
             bad = (status == "True") if kind in PRESSURE_CONDITIONS else (kind.endswith("Ready") and status != "True")
             if bad:
                 detail = ": ".join(part for part in (condition.get("reason"), condition.get("message")) if part)
-                hits.append(kube_hit(rule, view.kube.sources.get("Node", "kubectl"), name, f"{kind}={status}",
+                hits.append(kube_hit(rule, view, "Node", name, f"{kind}={status}",
                                      f"node {name}: {kind}={status}" + (f" ({detail})" if detail else "")))
     return hits
 
@@ -76,7 +78,7 @@ def pod_states(rule: Any, view: RunView) -> list[Hit]:
         meta = pod.get("metadata", {})
         where = f"pod {meta.get('namespace', '?')}/{meta.get('name', '?')} on {node}"
         for state, detail in pod_problems(pod, view.kube.collected_at, stuck_after):
-            hits.append(kube_hit(rule, view.kube.sources.get("Pod", "kubectl"), node, state, f"{where}: {detail}"))
+            hits.append(kube_hit(rule, view, "Pod", node, state, f"{where}: {detail}"))
     return hits
 
 

@@ -27,7 +27,6 @@ class SlurmReasons(NodeTest):
         super().__init__(rule)
         self.table = [(entry["match"].lower(), entry) for entry in rule.params.get("reasons", [])]
         self.node: str | None = None
-        self.state = ""
         self.found: dict[tuple[str, str], Hit] = {}
 
     def feed(self, path: str, number: int, line: bytes) -> None:
@@ -48,10 +47,7 @@ class SlurmReasons(NodeTest):
     def feed_scontrol(self, path: str, number: int, line: bytes) -> None:
         node = SCONTROL_NODE_RE.match(line)
         if node:
-            self.node, self.state = decode(node.group(1)), ""
-        state = SCONTROL_STATE_RE.search(line)
-        if state:
-            self.state = decode(state.group(1))
+            self.node = decode(node.group(1))
         reason = SCONTROL_REASON_RE.match(line)
         if reason and self.node and reason.group(1).strip() not in (b"", b"(null)", b"none"):
             self.add(self.node, decode(reason.group(1)).strip(), path, number, line)
