@@ -56,6 +56,14 @@ class CsvSpec:
     key_column: str | None
 
 
+def glob_rank(globs: tuple[str, ...], path: str, cache: dict[str, int]) -> int:
+    """The first of the globs the path matches (its index; len(globs) for none), cached per path:
+    each file of every bundle asks again."""
+    if path not in cache:
+        cache[path] = next((i for i, glob in enumerate(globs) if fnmatch.fnmatchcase(path, glob)), len(globs))
+    return cache[path]
+
+
 @dataclass
 class Rule:
     id: str
@@ -88,11 +96,8 @@ class Rule:
     _ranks: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def file_rank(self, path: str) -> int:
-        """Which of the rule's globs (0 = first listed) this path matches; cached per path."""
-        if path not in self._ranks:
-            self._ranks[path] = next((i for i, glob in enumerate(self.files) if fnmatch.fnmatchcase(path, glob)),
-                                     len(self.files))
-        return self._ranks[path]
+        """Which of the rule's globs (0 = first listed) this path matches."""
+        return glob_rank(self.files, path, self._ranks)
 
     def consequences(self, key: str | None) -> tuple[str, ...]:
         """The causes this rule's finding with `key` may be a consequence of."""
@@ -120,10 +125,8 @@ class Fact:
     _preferences: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def preference(self, path: str) -> int:
-        """Which of the fact's globs (0 = most preferred) this path matches; cached per path."""
-        if path not in self._preferences:
-            self._preferences[path] = next(i for i, glob in enumerate(self.files) if fnmatch.fnmatchcase(path, glob))
-        return self._preferences[path]
+        """Which of the fact's globs (0 = most preferred) this path matches."""
+        return glob_rank(self.files, path, self._preferences)
 
 
 @dataclass
