@@ -36,6 +36,12 @@ PROJECT = Path(__file__).resolve().parents[2]
 NOBODY = 65534
 
 
+@pytest.fixture(scope="module")
+def eks_sandbox(sandbox_factory) -> tuple[Sandbox, dict, dict[str, str]]:
+    """An EKS-orchestrated sandbox: 4 nodes in 2 groups (ml.g5.8xlarge and ml.p5.48xlarge)."""
+    return sandbox_factory(SandboxSpec.simple(type="eks", nodes=4))
+
+
 def test_describe_cluster_reports_the_orchestrator_and_groups(eks_sandbox):
     _, status, _ = eks_sandbox
     described = client(status, "sagemaker").describe_cluster(ClusterName=status["cluster"])
