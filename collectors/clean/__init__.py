@@ -21,7 +21,8 @@ never read again by another kind.
 The package, in the order a run goes through it: spans.py finds what names someone in a block of
 text (a Finder per kind), learn.py is the first pass (the Inventory), standins.py chooses the stand-ins
 (the Mapping), rewrite.py is the second pass over files and tarballs (the Cleaner), files.py says which
-files a run has and how they are read and written, and run.py does the whole run.
+files a run has and makes the copy's private, and run.py does the whole run. Tarballs are read as the
+report reads them (collectors/report/bundles.py).
 """
 
 from collectors.clean.run import CleanResult, clean_run
