@@ -21,7 +21,7 @@ import pytest
 from collectors.errors import SandboxError
 from collectors.sandbox import SandboxSpec
 from tests.conftest import require_tool
-from tests.integration.sandbox_sessions import (
+from tests.sandbox.sessions import (
     EXIT_BANNER,
     client,
     end_session,
