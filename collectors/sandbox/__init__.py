@@ -10,9 +10,9 @@ from pathlib import Path
 FIXTURES = Path(__file__).with_name("fixtures")  # the files the sandbox's nodes and servers are made from
 
 PUBLIC_NAMES = {
-    "GroupSpec": "collectors.sandbox.control",
+    "GroupSpec": "collectors.sandbox.spec",
     "Sandbox": "collectors.sandbox.control",
-    "SandboxSpec": "collectors.sandbox.control",
+    "SandboxSpec": "collectors.sandbox.spec",
     "default_root": "collectors.sandbox.control",
     "sandbox_client": "collectors.sandbox.clients",
 }
