@@ -1,15 +1,25 @@
-"""Shared test helpers.
+"""Shared test helpers, and the sandbox fixture of the tests against it (integration/, sandbox/).
 
 A test that needs root, namespaces or a Debian package skips with a reason on a laptop and
 fails instead when CI=true, so CI never passes by skipping.
+
+`sandbox_factory(spec)` starts a sandbox (the local emulated HyperPod) and returns (Sandbox, status
+dict, env dict); env holds only the sandbox's variables (merge it over os.environ for a child
+process). Every sandbox a module starts is taken down when the module ends, whether its tests passed
+or not.
 """
+
+from __future__ import annotations
 
 import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable, Iterator
 
 import pytest
+
+from collectors.sandbox import Sandbox, SandboxSpec
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -47,3 +57,29 @@ def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+SandboxFactory = Callable[[SandboxSpec], tuple[Sandbox, dict, dict[str, str]]]
+
+
+@pytest.fixture(scope="module")
+def sandbox_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxFactory]:
+    started: list[Sandbox] = []
+
+    def start(spec: SandboxSpec) -> tuple[Sandbox, dict, dict[str, str]]:
+        require_namespaces()
+        require(os.geteuid() == 0, "the sandbox needs root (its nodes mount over /var/log, /opt and /tmp)")
+        # up() creates the root itself and refuses a folder that exists already.
+        sandbox = Sandbox(tmp_path_factory.mktemp("sandbox") / "root")
+        started.append(sandbox)
+        status = sandbox.up(spec)
+        return sandbox, status, sandbox.env()
+
+    yield start
+    failures = []
+    for sandbox in started:
+        try:
+            sandbox.down()
+        except Exception as error:  # keep tearing the others down, then report
+            failures.append(f"{sandbox.root}: {error}")
+    assert not failures, f"sandboxes not torn down: {failures}"

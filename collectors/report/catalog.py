@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from collectors.errors import UsageError
+from collectors.report.checks import TESTS
 from collectors.report.literals import required_literals
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
@@ -55,6 +56,14 @@ class CsvSpec:
     key_column: str | None
 
 
+def glob_rank(globs: tuple[str, ...], path: str, cache: dict[str, int]) -> int:
+    """The first of the globs the path matches (its index; len(globs) for none), cached per path:
+    each file of every bundle asks again."""
+    if path not in cache:
+        cache[path] = next((i for i, glob in enumerate(globs) if fnmatch.fnmatchcase(path, glob)), len(globs))
+    return cache[path]
+
+
 @dataclass
 class Rule:
     id: str
@@ -87,11 +96,8 @@ class Rule:
     _ranks: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def file_rank(self, path: str) -> int:
-        """Which of the rule's globs (0 = first listed) this path matches; cached per path."""
-        if path not in self._ranks:
-            self._ranks[path] = next((i for i, glob in enumerate(self.files) if fnmatch.fnmatchcase(path, glob)),
-                                     len(self.files))
-        return self._ranks[path]
+        """Which of the rule's globs (0 = first listed) this path matches."""
+        return glob_rank(self.files, path, self._ranks)
 
     def consequences(self, key: str | None) -> tuple[str, ...]:
         """The causes this rule's finding with `key` may be a consequence of."""
@@ -119,10 +125,8 @@ class Fact:
     _preferences: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def preference(self, path: str) -> int:
-        """Which of the fact's globs (0 = most preferred) this path matches; cached per path."""
-        if path not in self._preferences:
-            self._preferences[path] = next(i for i, glob in enumerate(self.files) if fnmatch.fnmatchcase(path, glob))
-        return self._preferences[path]
+        """Which of the fact's globs (0 = most preferred) this path matches."""
+        return glob_rank(self.files, path, self._preferences)
 
 
 @dataclass
@@ -388,9 +392,6 @@ def _check_title(rule: Rule, here: str) -> None:
 def _check_test(rule: Rule, here: str) -> None:
     if rule.test is None:
         return
-    # Imported here: checks.py imports this module for its types.
-    from collectors.report.checks import TESTS
-
     known = TESTS.get(rule.source, {})
     if rule.test not in known:
         raise UsageError(f"{here}: unknown {rule.source} test {rule.test!r} (known: {', '.join(sorted(known))})")

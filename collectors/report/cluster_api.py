@@ -1,5 +1,5 @@
-"""The control plane's record of a run (cluster_api.tar.gz, from the cluster stage), and the rules that
-read it (`source: cluster_api` in catalog.yaml).
+"""The control plane's record of a run (cluster_api.tar.gz, from the cluster stage), as the rules of
+`source: cluster_api` in catalog.yaml read it (their tests: checks/cluster_api.py).
 
 For each node: what HyperPod did and when (its cluster events, with DescribeClusterEvent's details
 where the stage fetched them), what its lifecycle scripts printed, what the health monitoring agent
@@ -10,17 +10,13 @@ manifest also says what could not be read (a denied action), which the report sh
 from __future__ import annotations
 
 import json
-import re
 import tarfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from collectors.cluster_api import (
-    AGENT_STREAM,
     EVENTS_FOLDER,
-    LIFECYCLE_STREAM,
     LIST_CLUSTER_EVENTS,
     LOGS_FOLDER,
     MANIFEST,
@@ -28,13 +24,8 @@ from collectors.cluster_api import (
     OK,
     TARBALL,
     TOP_FOLDER,
-    stream_node,
 )
-from collectors.report.model import Evidence, Hit, RunView, decode
-
-EVENTS_SOURCE = f"{TARBALL}:{LIST_CLUSTER_EVENTS}"
-LEVELS = ("Error", "Warn", "Info")
-AGENT_REASON_RE = re.compile(rb'"reason":\s*"(?P<reason>[A-Za-z]+)"')
+from collectors.report.bundles import READ_ERRORS
 
 
 @dataclass
@@ -58,7 +49,7 @@ def load_cluster_api(run_dir: Path) -> ClusterRecord | None:
             for member in tar:
                 if member.isfile():
                     read_member(record, details, member.name.removeprefix(f"{TOP_FOLDER}/"), tar.extractfile(member))
-    except (OSError, tarfile.TarError, EOFError, zlib.error, ValueError) as exc:
+    except READ_ERRORS + (ValueError,) as exc:  # ValueError: a member that is not JSON
         record.problems.append(f"{TARBALL}: {type(exc).__name__}: {exc}")
     for event in record.events:
         event.update(details.get(event["EventId"], {}))
@@ -110,93 +101,3 @@ def event_text(event: dict[str, Any]) -> str:
     failure = next((part.get("FailureMessage") for part in metadata.values() if isinstance(part, dict)
                     and part.get("FailureMessage")), None)
     return f"{text}: {failure}" if failure and failure not in text else text
-
-
-# -- the rules' tests ------------------------------------------------------------------------------
-
-def node_events(rule: Any, view: RunView) -> list[Hit]:
-    """Per node, HyperPod's events by kind (params.kinds: the first pattern the event's text matches,
-    else its level), newest first. Info events only for nodes without a bundle read: for them, what
-    HyperPod recorded is all the report has."""
-    record = view.cluster
-    if record is None:
-        return []
-    kinds = [(entry["key"], re.compile(entry["pattern"])) for entry in rule.params.get("kinds", [])]
-    collected = {iid for iid, scan in view.scans.items() if not scan.error}
-    hits: dict[tuple[str, str], Hit] = {}
-    for event in reversed(record.events):
-        iid, text = event.get("InstanceId"), event_text(event)
-        if not iid or iid not in view.nodes:
-            continue
-        key = next((name for name, pattern in kinds if pattern.search(text)), (event.get("EventLevel") or "").lower())
-        if key == "info" and iid in collected:
-            continue
-        hit = hits.setdefault((iid, key), Hit(rule=rule.id, key=key, subject=iid))
-        hit.count += 1
-        line = f"{event.get('EventTime')} {event.get('EventLevel')}: {text}"
-        hit.evidence.append(Evidence(EVENTS_SOURCE, None, line))
-    return list(hits.values())
-
-
-def lifecycle_failures(rule: Any, view: RunView) -> list[Hit]:
-    """A lifecycle script that failed: the line that says why (the exception a traceback ends in, else
-    the non-zero exit), then the exit line."""
-    record = view.cluster
-    if record is None:
-        return []
-    traceback = re.compile(rule.params["traceback"].encode())
-    exit_line = re.compile(rule.params["exit"].encode())
-    hits = []
-    for name, lines in streams_of(record, LIFECYCLE_STREAM):
-        found = failing_lines(lines, traceback, exit_line)
-        if found:
-            file = f"{TARBALL}:{LOGS_FOLDER}/{name}.log"
-            hits.append(Hit(rule=rule.id, count=1, subject=stream_node(name),
-                            evidence=[Evidence.of_line(file, number, lines[number - 1]) for number in found]))
-    return hits
-
-
-def failing_lines(lines: list[bytes], traceback: re.Pattern, exit_line: re.Pattern) -> list[int]:
-    """Line numbers (from 1): the last traceback's exception line and the last non-zero exit, in that
-    order; [] when the scripts did not fail."""
-    exits = [number for number, line in enumerate(lines, 1) if exit_line.search(line)]
-    starts = [number for number, line in enumerate(lines, 1) if traceback.search(line)]
-    exception = None
-    if starts:
-        # The exception line: the first line after the traceback's header that is not a frame (indented).
-        exception = next((number for number in range(starts[-1] + 1, len(lines) + 1)
-                          if not message_of(lines[number - 1]).startswith((b" ", b"\t"))), None)
-    found = [number for number in (exception, exits[-1] if exits else None) if number is not None]
-    return sorted(set(found), key=found.index)
-
-
-def message_of(line: bytes) -> bytes:
-    """A stream line without the stage's UTC stamp in front."""
-    return line.split(b" ", 1)[1] if b" " in line else line
-
-
-def agent_detections(rule: Any, view: RunView) -> list[Hit]:
-    """The health monitoring agent's detections, by reason (XidHardwareFailure, ...)."""
-    record = view.cluster
-    if record is None:
-        return []
-    hits: dict[tuple[str, str], Hit] = {}
-    for name, lines in streams_of(record, AGENT_STREAM):
-        for number, line in enumerate(lines, 1):
-            reason = AGENT_REASON_RE.search(line)
-            if reason:
-                key = decode(reason["reason"])
-                hit = hits.setdefault((name, key), Hit(rule=rule.id, key=key, subject=stream_node(name)))
-                hit.count += 1
-                hit.evidence.append(Evidence.of_line(f"{TARBALL}:{LOGS_FOLDER}/{name}.log", number, line))
-    return list(hits.values())
-
-
-def streams_of(record: ClusterRecord, kind: str) -> Iterator[tuple[str, list[bytes]]]:
-    for name, lines in sorted(record.streams.items()):
-        if name.startswith(f"{kind}/") and stream_node(name):
-            yield name, lines
-
-
-CLUSTER_API_TESTS = {"node_events": node_events, "lifecycle_failures": lifecycle_failures,
-                     "agent_detections": agent_detections}

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import tarfile
-import zlib
 from pathlib import Path
 
+from collectors.report.bundles import READ_ERRORS
 from collectors.report.model import KubeState
 
 KUBECTL_BUNDLE = "kubectl_resources.tar.gz"
@@ -32,7 +32,7 @@ def load_kube(run_dir: Path) -> KubeState | None:
                 if member.isfile() and _wanted(member.name):
                     _read_list(kube, member.name, tar.extractfile(member))
                     kube.collected_at = max(kube.collected_at or 0.0, float(member.mtime))
-    except (OSError, tarfile.TarError, EOFError, zlib.error) as exc:
+    except READ_ERRORS as exc:
         kube.problems.append(f"{KUBECTL_BUNDLE}: {type(exc).__name__}: {exc}")
     return kube
 

@@ -11,39 +11,27 @@ read line by line.
 from __future__ import annotations
 
 import gzip
-import re
-import tarfile
-import zlib
 from concurrent.futures import ProcessPoolExecutor
 from itertools import takewhile
 from pathlib import Path
 from typing import IO, Iterator
 
+from collectors.report.bundles import BUNDLE_NAME_RE, READ_ERRORS, blocks, chunk_size, in_processes, members
 from collectors.report.catalog import Catalog, CsvSpec, Fact, Rule
 from collectors.report.checks import NODE_TESTS, NodeTest
 from collectors.report.model import CsvRows, Evidence, Hit, NodeScan, csv_number, decode, gpu_id
 
-BLOCK_BYTES = 1 << 20
-# tarfile's stream buffer: measured best at 16 KB. Smaller is more Python calls per read; larger
-# costs more, as tarfile copies what is left of its buffer after every read (each member header).
-TAR_BUFFER = 16 << 10
-# A "line" longer than this (a binary file) is cut into pieces rather than held whole.
-LONGEST_LINE = 8 << 20
 EVIDENCE_PER_HIT = 3
-BUNDLE_NAME_RE = re.compile(r"^(?P<group>.+)_(?P<instance_id>i-[0-9a-f]+)\.tar\.gz$")
 # Past this many lines holding a rule's literal, the regex runs over the whole block instead.
 DENSE_LINES = 64
-# Below this many bundles, starting worker processes costs more than it saves.
-PARALLEL_FROM = 16
 
 
 def scan_bundles(paths: list[Path], workers: int, catalog: Catalog) -> list[NodeScan]:
     """Every bundle, in worker processes when there are many (each gets the catalog once)."""
-    if workers <= 1 or len(paths) < PARALLEL_FROM:
+    if not in_processes(len(paths), workers):
         return [scan_bundle(path, catalog) for path in paths]
-    chunk = max(1, len(paths) // (workers * 8))
     with ProcessPoolExecutor(max_workers=workers, initializer=_keep_catalog, initargs=(catalog,)) as pool:
-        return list(pool.map(_scan_in_worker, paths, chunksize=chunk))
+        return list(pool.map(_scan_in_worker, paths, chunksize=chunk_size(len(paths), workers)))
 
 
 _worker_catalog: Catalog | None = None
@@ -64,13 +52,10 @@ def scan_bundle(path: Path, catalog: Catalog) -> NodeScan:
                     group=named["group"] if named else None)
     reader = BundleReader(catalog, scan)
     try:
-        # gzip.open inflates in bounded steps; tarfile's own "r|gz" inflates each read whole, which
-        # for a log that compresses 40 times makes a small read a large buffer.
-        with gzip.open(path) as unpacked, tarfile.open(fileobj=unpacked, mode="r|", bufsize=TAR_BUFFER) as tar:
-            for member in tar:
-                if member.isfile() and "/" in member.name:
-                    reader.read_member(member.name.split("/", 1)[1], tar.extractfile(member))
-    except (OSError, tarfile.TarError, EOFError, zlib.error) as exc:
+        for member, content in members(path):
+            if content is not None and "/" in member.name:
+                reader.read_member(member.name.split("/", 1)[1], content)
+    except READ_ERRORS as exc:
         # What was read before the damage still counts; the error becomes a finding.
         scan.error = f"{type(exc).__name__}: {exc}"
     reader.finish()
@@ -148,26 +133,6 @@ class BundleReader:
         self.gpu_order.mark(self.hits.values())
         self.scan.hits = list(self.hits.values())
         self.facts.store(self.scan)
-
-
-def blocks(source: IO[bytes]) -> Iterator[bytes]:
-    """The stream in blocks that end at a line end, so no line is ever split between two blocks."""
-    carry = b""
-    while True:
-        chunk = source.read(BLOCK_BYTES)
-        if not chunk:
-            break
-        data = carry + chunk if carry else chunk
-        cut = data.rfind(b"\n")
-        if cut < 0 and len(data) < LONGEST_LINE:
-            carry = data
-            continue
-        if cut < 0:
-            cut = len(data) - 1
-        yield data[:cut + 1]
-        carry = data[cut + 1:]
-    if carry:
-        yield carry
 
 
 def feed_lines_with(test: NodeTest, literal: bytes, path: str, block: bytes, line_base: int) -> None:

@@ -15,10 +15,7 @@ scanner redacts what it returns, and no matched text is kept.
 
 from __future__ import annotations
 
-import gzip
-import io
 import re
-import tarfile
 import zlib
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -29,13 +26,12 @@ from typing import IO, Callable, Iterator
 
 from kingfisher_sdk import Rules, Scanner
 
+from collectors.report.bundles import BUNDLE_NAME_RE, READ_ERRORS, blocks, member_text, members
 from collectors.report.findings import EVIDENCE_PER_NODE, Finding, NodeFinding
 from collectors.report.model import Evidence
-from collectors.report.scan import BUNDLE_NAME_RE, blocks
 
 FINDING_RULE = "secret.unredacted"
 SEVERITY = "high"
-GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
@@ -87,19 +83,12 @@ def bundle_suspects(path: Path) -> list[Suspect]:
     ref = named["instance_id"] if named else path.name
     found: list[Suspect] = []
     try:
-        with gzip.open(path) as unpacked, tarfile.open(fileobj=unpacked, mode="r|") as tar:
-            for member in tar:
-                if member.isfile() and "/" in member.name:
-                    name = member.name.split("/", 1)[1]
-                    found += file_suspects(ref, name, text_of(tar.extractfile(member)))
-    except (OSError, tarfile.TarError, EOFError, zlib.error):
+        for member, content in members(path):
+            if content is not None and "/" in member.name:
+                found += file_suspects(ref, member.name.split("/", 1)[1], member_text(content))
+    except READ_ERRORS:
         pass
     return found
-
-
-def text_of(raw: io.BufferedReader) -> IO[bytes]:
-    """A member's text: a compressed log (rotated_logs/*.gz) inflated; a `.gz` that is not gzip as it is."""
-    return gzip.GzipFile(fileobj=raw) if raw.peek(2)[:2] == GZIP_MAGIC else raw
 
 
 def file_suspects(ref: str, name: str, source: IO[bytes]) -> list[Suspect]:

@@ -1,34 +1,30 @@
 """Start, inspect and stop the local emulated HyperPod (the sandbox).
 
-`Sandbox(root).up(spec)` starts the patched moto server (server.py), creates the S3 bucket and the
-HyperPod cluster through the real API, starts one namespace node per cluster node (nodes.py), the
-nodes' services, arms the scenario's faults and puts the stand-in session-manager-plugin (plugin.py)
-in ROOT/bin. Nodes get the real AWS CLI and, through the server's instance metadata service, their
-role's temporary credentials, allowed to write under the cluster's reports prefix only. A spec comes
-from flags (`SandboxSpec.simple`) or a scenario file (`SandboxSpec.from_scenario`, docs/scenarios.md).
+`Sandbox(root).up(spec)` starts the patched moto server (server/), creates the S3 bucket and the
+HyperPod cluster through the real API (hyperpod.py), starts one namespace node per cluster node
+(nodes.py), the nodes' services, arms the scenario's faults and puts the stand-in
+session-manager-plugin (plugin.py) in ROOT/bin. Nodes get the real AWS CLI (node_aws.py) and, through
+the server's instance metadata service, their role's temporary credentials, allowed to write under the
+cluster's reports prefix only. A spec (spec.py) comes from flags or a scenario file (docs/scenarios.md).
 Every process is recorded in ROOT by PID and start time, so a later process (`invoke sandbox.down`)
 can stop exactly those.
 """
 
 import json
 import os
+import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from collectors.loopback import refuse_non_loopback
 from collectors.errors import SandboxError
-from collectors.sandbox.services import start_node_services, stop_node_services
-from collectors.sandbox.content import ClusterFacts, Node, stand_in_kind
+from collectors.sandbox.clients import sandbox_client
+from collectors.sandbox.content import ClusterFacts
 from collectors.sandbox.credentials import FAKE_CREDENTIALS
-from collectors.sandbox.history import cluster_history
 from collectors.sandbox.entry import (
     is_same_process,
     node_shell_env,
@@ -36,116 +32,18 @@ from collectors.sandbox.entry import (
     read_init_pid,
     read_init_pids,
 )
-from collectors.sandbox.nodes import (
-    kill_if_same,
-    namespaces_problem,
-    node_dir,
-    process_identity,
-    read_process_record,
-    record_process,
-    start_nodes,
-    stop_nodes,
-    wait_until_gone,
-)
-from collectors.sandbox.scenario import (
-    DEFAULT_DISTRIBUTION,
-    NODE_FAULT_DEFAULTS,
-    SCENARIO_FAULT_DEFAULTS,
-    check_scenario,
-    load_scenario,
-    node_settings,
-)
+from collectors.sandbox.faults import NODE_FAULT_DEFAULTS
+from collectors.sandbox.history import cluster_history
+from collectors.sandbox.hyperpod import create_bucket, create_cluster, execution_role_name, list_all_nodes
+from collectors.sandbox.kube.lifecycle import start_kube, stop_kube
+from collectors.sandbox.node_aws import give_nodes_aws
+from collectors.sandbox.nodes import namespaces_problem, read_process_record, start_nodes, stop_nodes
+from collectors.sandbox.processes import PACKAGE_PARENT, await_server, start_server, stop_server
+from collectors.sandbox.services import start_node_services, stop_node_services
+from collectors.sandbox.spec import SandboxSpec
 
 MARKER_FILE = ".hyperpod-collect-sandbox"
 REPORTS_PREFIX = "hyperpod-issue-reports"
-ACCOUNT_ID = "123456789012"  # moto's default account
-PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder that holds `collectors/`
-SERVER_START_TIMEOUT_S = 30.0
-SERVER_STOP_TIMEOUT_S = 5.0
-# In each node (its own /opt): where the sandbox's S3 and instance metadata are, for the node's `aws`.
-NODE_AWS_CONFIG = "/opt/sandbox-aws/config"
-
-
-@dataclass
-class GroupSpec:
-    name: str
-    instance_type: str
-    count: int
-    role: str = "worker"  # Slurm: "controller" for the group whose node runs slurmctld
-    fixture: str = "healthy"  # the fixture pack of the group's nodes (docs/scenarios.md)
-    os: str | None = None  # its nodes' distribution and logging; None: the cluster's
-    rsyslog: bool | None = None
-
-
-def default_groups() -> list[GroupSpec]:
-    return [GroupSpec("worker-group-1", "ml.g5.8xlarge", 2), GroupSpec("worker-group-2", "ml.p5.48xlarge", 2)]
-
-
-@dataclass
-class SandboxSpec:
-    cluster: str = "hp-sandbox"
-    type: str = "eks"
-    groups: list[GroupSpec] = field(default_factory=default_groups)
-    bucket: str = "hyperpod-sandbox-reports"
-    region: str = "us-west-2"
-    shell: str | None = None  # None: each distribution's own
-    os: str = DEFAULT_DISTRIBUTION
-    rsyslog: bool | None = None  # None: as the distribution ships
-    # Per-node settings of a scenario, keyed "<group>/<index>", and its scenario-wide faults.
-    node_settings: dict[str, dict] = field(default_factory=dict)
-    faults: dict = field(default_factory=lambda: dict(SCENARIO_FAULT_DEFAULTS))
-
-    @classmethod
-    def simple(cls, type: str = "eks", nodes: int = 4) -> "SandboxSpec":
-        """`nodes` spread over a g5 group and a p5 group (one group for a single node)."""
-        if nodes < 1:
-            raise SandboxError(f"a sandbox needs at least one node, not {nodes}")
-        if nodes == 1:
-            return cls(type=type, groups=[GroupSpec("worker-group-1", "ml.g5.8xlarge", 1)])
-        first = (nodes + 1) // 2
-        groups = [
-            GroupSpec("worker-group-1", "ml.g5.8xlarge", first),
-            GroupSpec("worker-group-2", "ml.p5.48xlarge", nodes - first),
-        ]
-        return cls(type=type, groups=groups)
-
-    @classmethod
-    def from_scenario(cls, source: "str | Path | dict") -> "SandboxSpec":
-        """A spec from a scenario file (docs/scenarios.md) or its parsed dict; SandboxError when bad."""
-        scenario = load_scenario(source)
-        groups = [
-            GroupSpec(group["name"], group["instance_type"], group["count"], group.get("role", "worker"),
-                      group.get("fixture", "healthy"), group.get("os"), group.get("rsyslog"))
-            for group in scenario["instance_groups"]
-        ]
-        optional = {key: scenario[key] for key in ("region", "shell", "bucket", "os", "rsyslog") if key in scenario}
-        return cls(cluster=scenario["cluster"], type=scenario["type"], groups=groups,
-                   node_settings=scenario["nodes"], faults=scenario["faults"], **optional)
-
-    def as_scenario(self) -> dict:
-        """The spec in the scenario format, so flags and files are checked by the same rules."""
-        def set_only(settings: dict) -> dict:
-            return {key: value for key, value in settings.items() if value is not None}
-
-        return set_only({
-            "cluster": self.cluster, "type": self.type, "region": self.region, "shell": self.shell,
-            "os": self.os, "rsyslog": self.rsyslog,
-            "bucket": self.bucket, "nodes": self.node_settings, "faults": self.faults,
-            "instance_groups": [
-                set_only({"name": group.name, "instance_type": group.instance_type, "count": group.count,
-                          "role": group.role, "fixture": group.fixture, "os": group.os, "rsyslog": group.rsyslog})
-                for group in self.groups
-            ],
-        })
-
-    def validate(self) -> None:
-        check_scenario(self.as_scenario())
-
-    def node_settings_for(self, group_name: str, index: int) -> dict:
-        group = next(group for group in self.groups if group.name == group_name)
-        distribution = {"os": group.os or self.os, "shell": self.shell,
-                        "rsyslog": self.rsyslog if group.rsyslog is None else group.rsyslog}
-        return node_settings(self.node_settings, {"name": group.name, "fixture": group.fixture, **distribution}, index)
 
 
 def default_root() -> Path:
@@ -155,193 +53,16 @@ def default_root() -> Path:
     return Path(f"/tmp/hyperpod-collect-sandbox-{os.getuid()}")
 
 
-# ---------------------------------------------------------------------------------------------
-# AWS clients that can only talk to the sandbox
-
-
-def sandbox_client(service: str, endpoint: str, region: str, root: Path):
-    """A boto3 client with fake credentials, no config files, no proxies, and the loopback guard."""
-    # Imported here: the session-manager-plugin stand-in imports this package once per session.
-    import boto3
-    import botocore.config
-    import botocore.session
-
-    # No credential lookup may fall through to the instance metadata service (169.254.169.254).
-    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-    core_session = botocore.session.Session()
-    core_session.set_config_variable("config_file", str(root / "aws-config"))
-    core_session.set_config_variable("credentials_file", str(root / "aws-credentials"))
-    core_session.set_config_variable("profile", "default")
-    session = boto3.session.Session(
-        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        region_name=region,
-        botocore_session=core_session,
-    )
-    # SigV4 for S3, as the sandbox's S3 (like S3 itself) refuses SigV2, which botocore's presigner
-    # would otherwise use for these URLs.
-    s3_signing = {"signature_version": "s3v4"} if service == "s3" else {}
-    config = botocore.config.Config(proxies={}, retries={"mode": "standard", "max_attempts": 2}, **s3_signing)
-    client = session.client(service, endpoint_url=endpoint, config=config)
-    client.meta.events.register("before-send", refuse_non_loopback)
-    return client
-
-
-# ---------------------------------------------------------------------------------------------
-# The HyperPod cluster, created through the (emulated) API
-
-
-def execution_role_name(spec: SandboxSpec) -> str:
-    """The instance groups' IAM role: what the nodes' instance metadata hands out credentials for."""
-    return f"{spec.cluster}-execution-role"
-
-
-def instance_group_request(spec: SandboxSpec, group: GroupSpec) -> dict:
-    return {
-        "InstanceGroupName": group.name,
-        "InstanceType": group.instance_type,
-        "InstanceCount": group.count,
-        "ExecutionRole": f"arn:aws:iam::{ACCOUNT_ID}:role/{execution_role_name(spec)}",
-        "ThreadsPerCore": 1,
-        # moto insists on the `s3://sagemaker-` prefix, as the real service's IAM policies do.
-        "LifeCycleConfig": {
-            "SourceS3Uri": f"s3://sagemaker-{spec.cluster}-lifecycle/config/",
-            "OnCreate": "on_create.sh",
-        },
-    }
-
-
-SECURITY_GROUP_IDS = ["sg-0a1b2c3d4e5f60718"]
-SUBNET_IDS = ["subnet-0a1b2c3d4e5f60718"]
-
-
-def create_orchestrator(spec: SandboxSpec, clients: dict) -> dict:
-    if spec.type == "slurm":
-        return {"Slurm": {"SlurmConfigStrategy": "Managed"}}
-    eks_cluster = clients["eks"].create_cluster(
-        name=f"{spec.cluster}-eks",
-        roleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/{spec.cluster}-eks-role",
-        resourcesVpcConfig={"subnetIds": SUBNET_IDS, "securityGroupIds": SECURITY_GROUP_IDS},
-    )
-    return {"Eks": {"ClusterArn": eks_cluster["cluster"]["arn"]}}
-
-
-def create_bucket(s3, name: str, region: str) -> None:
-    """A bucket in `region`, through a client for that region (S3 wants the request sent there)."""
-    if region == "us-east-1":  # the one region that refuses a LocationConstraint
-        s3.create_bucket(Bucket=name)
-    else:
-        s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": region})
-
-
-def ip_from_hostname(fqdn: str) -> str:
-    """ip-127-10-0-10.us-west-2.compute.internal -> 127.10.0.10, as tools read EC2 hostnames."""
-    return fqdn.split(".", 1)[0].removeprefix("ip-").replace("-", ".")
-
-
-def list_all_nodes(sagemaker, cluster_name: str) -> list[dict]:
-    pages = sagemaker.get_paginator("list_cluster_nodes").paginate(
-        ClusterName=cluster_name, PaginationConfig={"PageSize": 100}
-    )
-    return [summary for page in pages for summary in page["ClusterNodeSummaries"]]
-
-
-def create_cluster(spec: SandboxSpec, clients: dict) -> tuple[ClusterFacts, dict[str, dict]]:
-    """The cluster, and each node's scenario settings by instance id."""
-    create_bucket(clients["s3"], spec.bucket, spec.region)
-    arn = clients["sagemaker"].create_cluster(
-        ClusterName=spec.cluster,
-        InstanceGroups=[instance_group_request(spec, group) for group in spec.groups],
-        VpcConfig={"SecurityGroupIds": SECURITY_GROUP_IDS, "Subnets": SUBNET_IDS},
-        Orchestrator=create_orchestrator(spec, clients),
-        NodeRecovery="Automatic",
-        # Clusters created now provision continuously, which cluster events need.
-        NodeProvisioningMode="Continuous",
-    )["ClusterArn"]
-    nodes, settings = [], {}
-    index_in_group: dict[str, int] = {}
-    # Listed in creation order, so the n-th node of a group is the scenario's "<group>/<n>".
-    for summary in list_all_nodes(clients["sagemaker"], spec.cluster):
-        group = summary["InstanceGroupName"]
-        index = index_in_group[group] = index_in_group.get(group, -1) + 1
-        settings[summary["InstanceId"]] = spec.node_settings_for(group, index)
-        nodes.append(Node(
-            instance_id=summary["InstanceId"],
-            group=group,
-            instance_type=summary["InstanceType"],
-            ip=ip_from_hostname(summary["PrivateDnsHostname"]),
-            fqdn=summary["PrivateDnsHostname"],
-            pack=settings[summary["InstanceId"]]["fixture"],
-            os=settings[summary["InstanceId"]]["os"],
-            rsyslog=settings[summary["InstanceId"]]["rsyslog"],
-        ))
-    return ClusterFacts(name=spec.cluster, arn=arn, region=spec.region, type=spec.type, nodes=nodes), settings
-
-
-# ---------------------------------------------------------------------------------------------
-# The sandbox
-
-
 def plugin_wrapper(root: Path) -> str:
     return (
         "#!/bin/sh\n"
         "# Sandbox stand-in for AWS's session-manager-plugin (collectors/sandbox/plugin.py).\n"
-        f"PYTHONPATH={shell_quote(str(PACKAGE_PARENT))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
+        f"PYTHONPATH={shlex.quote(str(PACKAGE_PARENT))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
         "export PYTHONPATH\n"
         # -S: no site-packages to scan; the plugin needs only the standard library and this package,
         # and it starts once per session (a thousand times in a fleet run).
-        f"exec {shell_quote(sys.executable)} -S -m collectors.sandbox.plugin --root {shell_quote(str(root))} \"$@\"\n"
+        f"exec {shlex.quote(sys.executable)} -S -m collectors.sandbox.plugin --root {shlex.quote(str(root))} \"$@\"\n"
     )
-
-
-def node_aws_cli() -> str:
-    """The node's `aws`: the real AWS CLI (the host's awscli), where a HyperPod node has it.
-
-    Whatever shell runs it (an SSM session, sshd, sudo's reset environment), it reads the node's
-    config: the sandbox's S3 and instance metadata, both on loopback. Node shells disable the
-    instance metadata for every other SDK (entry.node_shell_env); this one's is not 169.254.169.254.
-    Without the config it refuses to run, so it can never send a request to AWS itself.
-    """
-    return (
-        "#!/bin/sh\n"
-        "# The real AWS CLI, pointed at the sandbox (collectors/sandbox/control.py, node_aws_cli).\n"
-        f"config={NODE_AWS_CONFIG}\n"
-        '[ -r "$config" ] || { echo "aws: $config is missing: this sandbox node cannot reach S3" >&2; exit 255; }\n'
-        "AWS_CONFIG_FILE=$config AWS_SHARED_CREDENTIALS_FILE=/dev/null\n"
-        "export AWS_CONFIG_FILE AWS_SHARED_CREDENTIALS_FILE\n"
-        "unset AWS_EC2_METADATA_DISABLED\n"
-        f"exec {shell_quote(sys.executable)} -m awscli \"$@\"\n"
-    )
-
-
-def node_aws_config(server: dict) -> str:
-    """The nodes' AWS config: only where the sandbox's S3 and instance metadata listen (both loopback).
-    No keys and no region: the CLI gets its credentials from the instance metadata, as on a real node."""
-    return (
-        "[default]\n"
-        f"endpoint_url = {server['endpoint']}\n"
-        f"ec2_metadata_service_endpoint = {server['imds_endpoint']}\n"
-    )
-
-
-def give_nodes_aws(root: Path, cluster: ClusterFacts, server: dict) -> None:
-    """`aws` on every node's PATH (in the stand-ins' /usr/local/bin) and the config node shells point it at."""
-    for kind in {stand_in_kind(node) for node in cluster.nodes}:
-        cli = root / "shared" / kind / "aws"
-        cli.write_text(node_aws_cli())
-        cli.chmod(0o755)
-    config = root / "shared" / "node-aws-config"
-    config.write_text(node_aws_config(server))
-    config.chmod(0o644)
-    in_node = Path(NODE_AWS_CONFIG)
-    for node in cluster.nodes:  # the same file for every node, linked into each node's own /opt
-        folder = node_dir(root, node.instance_id) / "opt" / in_node.parent.relative_to("/opt")
-        folder.mkdir(mode=0o755)
-        os.link(config, folder / in_node.name)
-
-
-def shell_quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
 
 
 def merged_no_proxy(current: str) -> str:
@@ -403,8 +124,6 @@ class Sandbox:
         # keys to the status.
         status.update(start_node_services(self.root, status))  # Slurm and sshd, once the nodes are up
         if status["type"] == "eks":
-            from collectors.sandbox.kube import start_kube  # when used: the plugin imports this module per session
-
             status["kubernetes"] = start_kube(self.root, status)  # the API server real kubectl talks to
         # Faults last, so a slow or hung command never gets in the way of starting the services.
         node_faults = {iid: node["faults"] for iid, node in settings.items() if node["faults"] != NODE_FAULT_DEFAULTS}
@@ -454,27 +173,9 @@ class Sandbox:
         plugin.chmod(0o755)
 
     def start_server(self) -> str:
-        python_path = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))
-        env = dict(os.environ, PYTHONPATH=python_path)
-        with open(self.root / "server.log", "wb") as log:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "collectors.sandbox.server", "--root", str(self.root)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=env,
-                start_new_session=True,  # outlives `invoke sandbox.up`
-            )
+        server = start_server("collectors.sandbox.server", self.root, self.root)
         self.started.append(server)
-        record_process(self.root, {"server": process_identity(server.pid)})
-        return self.await_server(server)
-
-    def await_server(self, server: subprocess.Popen) -> str:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        server_file = self.root / "server.json"
-        while not server_file.exists():
-            if server.poll() is not None or time.monotonic() > deadline:
-                log_tail = (self.root / "server.log").read_text(errors="replace")[-2000:]
-                raise SandboxError(f"the sandbox AWS server did not start:\n{log_tail}")
-            time.sleep(0.02)
-        return json.loads(server_file.read_text())["endpoint"]
+        return await_server(self.root, server, "the sandbox AWS server")["endpoint"]
 
     def down(self) -> None:
         """Stop every recorded node and the server, then remove ROOT. Safe to repeat."""
@@ -483,22 +184,10 @@ class Sandbox:
         if not (self.root / MARKER_FILE).exists():
             raise SandboxError(f"{self.root} is not a sandbox folder; not touching it")
         # The nodes' daemons first: they are stopped by host PID while their nodes still run.
-        from collectors.sandbox.kube import stop_kube  # when used, as in start()
-
-        survivors = stop_node_services(self.root) + stop_nodes(self.root) + self.stop_server() + stop_kube(self.root)
+        survivors = stop_node_services(self.root) + stop_nodes(self.root) + stop_server(self.root) + stop_kube(self.root)
         if survivors:
             raise SandboxError(f"sandbox processes {survivors} did not stop; {self.root} is kept")
         shutil.rmtree(self.root)
-
-    def stop_server(self) -> list[int]:
-        record = read_process_record(self.root)
-        if not record:
-            return []
-        server = record["server"]
-        kill_if_same(server, signal.SIGTERM)
-        if wait_until_gone([server], SERVER_STOP_TIMEOUT_S):
-            kill_if_same(server, signal.SIGKILL)
-        return wait_until_gone([server])
 
     # -- inspection -------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ Metadata Service to access instance metadata" and "Retrieve security credentials
 metadata"). A request without a valid token gets 401, as on an instance that requires IMDSv2.
 
 This one listens on 127.0.0.1 (never 169.254.169.254: nothing may leave loopback); the nodes' AWS
-config points their CLI at it (ec2_metadata_service_endpoint, control.py). It answers for every
+config points their CLI at it (ec2_metadata_service_endpoint, node_aws.py). It answers for every
 node: they share one role, the instance groups' execution role.
 """
 

@@ -9,7 +9,7 @@ host's: nodes only use loopback addresses. As root the namespaces are created di
 user inside a user namespace that maps the user to root (`unshare --user --map-root-user`), entered
 with `nsenter --user --preserve-credentials`.
 
-A node's journal is a real journal file, which the real journalctl reads: content.py writes each
+A node's journal is a real journal file, which the real journalctl reads: logs.py writes each
 node's entries in journal export format and systemd-journal-remote (Debian's systemd-journal-remote)
 turns them into /var/log/journal/<machine-id>/system.journal while the nodes start, a few at a time. Without it, nodes
 have no journal (`journalctl` finds no files), as a node whose journald keeps nothing.
@@ -17,7 +17,8 @@ have no journal (`journalctl` finds no files), as a node whose journald keeps no
 A node is stopped by SIGKILL to its PID 1: the kernel then kills the whole PID namespace.
 `unshare --fork` itself ignores SIGTERM, so signalling it would do nothing.
 
-What the nodes' files say is content.py's business (and packs.py's, for GPUs and fixture packs).
+What the nodes' files say is content.py's business (logs.py's for their logs, packs.py's for GPUs and
+fixture packs).
 
 Node faults that live on the node (docs/scenarios.md): `slow` and `hang` put shims in the node's
 /usr/local/sbin, which is first on its PATH; `tmp_free_mb` mounts a small, nearly full tmpfs on its
@@ -37,16 +38,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from collectors.sandbox.content import (  # FIXTURES is read from here by slurm.py and sshd.py
-    FIXTURES,
-    ClusterFacts,
-    LogSources,
-    Node,
-    User,
-    node_logs,
-    prepare_shared,
-    stand_in_kind,
-)
+from collectors.sandbox.content import ClusterFacts, Node, User, prepare_shared, stand_in_kind
 from collectors.sandbox.entry import (
     NODE_PATH,
     in_user_namespace,
@@ -55,6 +47,7 @@ from collectors.sandbox.entry import (
     process_start_ticks,
     read_node_records,
 )
+from collectors.sandbox.logs import LogSources, node_logs
 
 FAULT_BIN = "/usr/local/sbin"  # in the node: its own folder, first on PATH, empty unless a fault fills it
 NODE_INIT_SCRIPT = f"""

@@ -16,13 +16,15 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from collectors.sandbox.scenario import GPU_PACKS
+from collectors.sandbox import FIXTURES
 
-FIXTURES = Path(__file__).with_name("fixtures")
 DRIVER = "535.183.01"
 CUDA = "12.2"
 NVIDIA_SMI_FALLEN_OFF_BUS = 15  # nvidia-smi's exit status for "GPU has fallen off the bus"
 ORCHESTRATOR_UNITS = {"eks": "Kubernetes Kubelet", "slurm": "Slurm node daemon"}
+# The fixture packs (docs/scenarios.md); the GPU ones need a GPU instance type (pack_problem).
+GPU_PACKS = ("xid79", "ecc", "nvlink")
+PACKS = ("healthy", *GPU_PACKS, "disk_full", "oom")
 
 
 @dataclass(frozen=True)

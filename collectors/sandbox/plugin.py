@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collectors.sandbox.entry import node_shell_env, nsenter_command, read_init_pid
-from collectors.sandbox.scenario import NODE_FAULT_DEFAULTS, SCENARIO_FAULT_DEFAULTS
+from collectors.sandbox.faults import NODE_FAULT_DEFAULTS, SCENARIO_FAULT_DEFAULTS
 
 PLUGIN_VERSION = "1.2.707.0"
 SETPRIV = "/usr/bin/setpriv"

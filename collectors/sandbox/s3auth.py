@@ -1,7 +1,7 @@
 """The sandbox's S3 checks requests as Amazon S3 does: SigV4 only, verified, in the bucket's region.
 
 moto accepts any request, signed or not, for any region, long after its presigned URL has expired.
-`S3Authenticator.handle` runs in front of it (server.py's middleware) and answers as S3 answers,
+`S3Authenticator.handle` runs in front of it (server/app.py's middleware) and answers as S3 answers,
 with S3's own error codes, status codes and messages (docs/aws-fidelity.md lists each with the page
 it comes from):
 

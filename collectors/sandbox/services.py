@@ -9,17 +9,15 @@ of memory and 40 ms of start time together, so a 1000-node sandbox would need so
 
 from pathlib import Path
 
-# slurm.py and sshd.py are imported when used, not here: control.py imports this module, and the
-# stand-in session-manager-plugin imports control.py once per session.
+from collectors.sandbox.daemons import remove_state_dir
+from collectors.sandbox.slurm import start_slurm, stop_slurm
+from collectors.sandbox.sshd import start_sshd, stop_sshd
 
 NODE_DAEMON_LIMIT = 128
 
 
 def start_node_services(root: Path, status: dict) -> dict:
     """Start the nodes' daemons; return the keys to add to the sandbox status ("slurm", "ssh")."""
-    from collectors.sandbox.slurm import start_slurm
-    from collectors.sandbox.sshd import start_sshd
-
     if status["type"] != "slurm":
         return {}
     if len(status["nodes"]) > NODE_DAEMON_LIMIT:
@@ -34,10 +32,6 @@ def stop_node_services(root: Path) -> list[int]:
 
     Safe to repeat, and safe after a start that failed part-way: only recorded daemons are stopped.
     """
-    from collectors.sandbox.daemons import remove_state_dir
-    from collectors.sandbox.slurm import stop_slurm
-    from collectors.sandbox.sshd import stop_sshd
-
     survivors = stop_sshd(root) + stop_slurm(root)
     if not survivors:
         remove_state_dir(root)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collectors.errors import SandboxError
+from collectors.sandbox import FIXTURES
 from collectors.sandbox.daemons import (
     append_record,
     await_child,
@@ -45,7 +46,7 @@ from collectors.sandbox.daemons import (
     state_dir,
     stop_recorded,
 )
-from collectors.sandbox.nodes import FIXTURES, node_dir
+from collectors.sandbox.nodes import node_dir
 
 SLURM_FIXTURES = FIXTURES / "slurm"
 NODE_CONF_DIR = "/opt/slurm/etc"  # where HyperPod keeps Slurm's configuration

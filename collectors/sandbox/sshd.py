@@ -24,6 +24,7 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
+from collectors.sandbox import FIXTURES
 from collectors.sandbox.daemons import (
     append_record,
     await_child,
@@ -36,7 +37,6 @@ from collectors.sandbox.daemons import (
     state_dir,
     stop_recorded,
 )
-from collectors.sandbox.nodes import FIXTURES
 
 SSH_FIXTURES = FIXTURES / "ssh"
 SSHD = Path("/usr/sbin/sshd")  # sshd re-executes itself, so it must be started by absolute path

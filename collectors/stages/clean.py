@@ -1,6 +1,6 @@
 """clean: a copy of a downloaded run to share (with AWS Support, in a public issue), in which host
 names, addresses, account ids, user names and the cluster's names are replaced by stand-ins, the
-same one everywhere (collectors/clean.py says how).
+same one everywhere (collectors/clean/ says how).
 
 Works offline on the run folder, like report. The copy is a run folder of its own,
 `<output>/<cluster stand-in>/<run-id>/`, so that `invoke report` reads it as it reads the original;

@@ -10,21 +10,21 @@ original's findings with the stand-ins in place of the names.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 
-from collectors.clean import Cleaner, Mapping
+from collectors.clean.rewrite import Cleaner
+from collectors.clean.standins import Mapping
 from collectors.report.nodeset import expand
 from collectors.sandbox import SandboxSpec
 from tests.conftest import require_tool
+from tests.fixtures.readable import every_text
 
 PROJECT = Path(__file__).resolve().parents[2]
 SCENARIO = {
@@ -70,20 +70,6 @@ def originals(state: dict) -> list[str]:
              re.search(r":(\d{12}):", cluster["arn"])[1]]
     for instance_id, node in state["nodes"].items():
         texts += [instance_id, node["hostname"], node["ip"]]
-    return texts
-
-
-def every_text(folder: Path) -> dict[str, bytes]:
-    texts = {}
-    for path in sorted(folder.rglob("*")):
-        if not path.is_file():
-            continue
-        texts[str(path)] = path.read_bytes()
-        if path.name.endswith(".tar.gz"):
-            with tarfile.open(path, "r:gz") as tar:
-                for member in tar.getmembers():
-                    data = tar.extractfile(member).read() if member.isfile() else b""
-                    texts[f"{path}:{member.name}"] = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
     return texts
 
 

@@ -33,7 +33,7 @@ DISTRIBUTIONS = [
 ]
 RSYSLOG_FILES = {"syslog", "kern.log", "messages"}
 UNIT_JOURNALS = {"slurm": "slurmd_journal.txt", "eks": "kubelet_journal.txt"}
-# The journal keeps three boots: 10 days ago, 2 days ago and this one (content.EARLIER_BOOTS).
+# The journal keeps three boots: 10 days ago, 2 days ago and this one (logs.EARLIER_BOOTS in collectors/sandbox).
 BOOTS_IN_JOURNAL, BOOTS_IN_DEFAULT_WINDOW = 3, 2
 
 

@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 from collectors import pipeline
-from collectors.clean import Cleaner, Inventory, Mapping
+from collectors.clean.learn import Inventory
+from collectors.clean.rewrite import Cleaner
+from collectors.clean.standins import Mapping
 from collectors.errors import UsageError
 from collectors.report.engine import build_report
 from collectors.report.nodeset import expand
@@ -29,6 +31,7 @@ from collectors.settings import Settings
 from tests.fixtures import sick_fleet
 from tests.fixtures.bundles.builder import (HEALTH_LABEL, RunBuilder, changed_files, kube_node, kube_pod,
                                             write_kube_bundle)
+from tests.fixtures.readable import every_text
 
 ACCOUNT = "111122223333"
 BUCKET = "acme-hyperpod-diagnostics"
@@ -110,32 +113,6 @@ def clean(root: Path, output: Path, run_id: str = sick_fleet.RUN_ID, cluster: st
           **options) -> int:
     settings = Settings.from_config({"runs_dir": str(root)}, cluster=cluster)
     return pipeline.run_stage("clean", settings, {"run_id": run_id, "output": str(output), **options})
-
-
-def every_text(folder: Path) -> dict[str, bytes]:
-    """Every file of the folder by path, tarballs' members (and their .gz) opened: what a reader gets."""
-    texts = {}
-    for path in sorted(folder.rglob("*")):
-        if not path.is_file():
-            continue
-        texts[str(path)] = path.read_bytes()
-        if path.name.endswith(".tar.gz"):
-            texts.update(members(path))
-    return texts
-
-
-def members(path: Path) -> dict[str, bytes]:
-    """A tarball's members as far as it can be read (a damaged bundle's copy is damaged too)."""
-    found = {}
-    try:
-        with tarfile.open(path, "r|gz") as tar:
-            for member in tar:
-                data = tar.extractfile(member).read() if member.isfile() else b""
-                data = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-                found[f"{path}:{member.name}"] = data + f"\n{member.uname} {member.gname}".encode()
-    except (EOFError, tarfile.ReadError):
-        pass
-    return found
 
 
 def leaks(texts: dict[str, bytes]) -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ from botocore.stub import Stubber
 from collectors.cluster_api import MANIFEST, TARBALL, TOP_FOLDER, stream_node, window_start
 from collectors.context import StageContext
 from collectors.redaction import RedactionError, redact_files
-from collectors.report.cluster_api import failing_lines
+from collectors.report.checks.cluster_api import failing_lines
 from collectors.sandbox.credentials import FAKE_CREDENTIALS
 from collectors.settings import Settings
 from collectors.stages import cluster as cluster_stage

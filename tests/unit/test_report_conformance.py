@@ -1,5 +1,6 @@
 """The catalog reads only what the node script writes: every file glob of every node rule and fact
-matches a file that an item of the node script produces, on EKS or Slurm nodes.
+matches a file that an item of the node script produces, on EKS or Slurm nodes. And the registry of
+checks written in Python (collectors/report/checks/) holds only what some rule's `test:` names.
 
 The list of files is derived from the item declarations themselves (`hpc_item NAME OUTPUT ...` in
 bash/common.sh, eks.sh and slurm.sh) and from what collect.sh and lib.sh write into the report
@@ -15,7 +16,8 @@ import re
 import pytest
 
 from collectors.nodescript import BASH_DIR
-from collectors.report.catalog import load
+from collectors.report.catalog import SOURCES, load
+from collectors.report.checks import TESTS
 
 ITEM_RE = re.compile(r"^\s*hpc_item\s+(\w+)\s+(\S+)", re.MULTILINE)
 # Files lib.sh and collect.sh write straight into the report folder (manifest.tsv, ...).
@@ -83,3 +85,11 @@ def test_each_cluster_type_has_its_rules(cluster_type):
             assert applies == (cluster_type == "slurm"), rule.id
         else:
             assert applies, f"{rule.id} reads nothing an {cluster_type} node writes: {rule.files}"
+
+
+def test_every_check_in_the_registry_is_named_by_a_rule_of_its_source():
+    """A check no rule names is dead code (the catalog's load already refuses a name not registered)."""
+    named = {(rule.source, rule.test) for rule in load().rules if rule.test}
+    registered = {(source, name) for source, tests in TESTS.items() for name in tests}
+    assert set(TESTS) <= set(SOURCES)
+    assert registered - named == set(), "registered checks no rule of catalog.yaml names"

@@ -7,10 +7,11 @@ import io
 import tarfile
 import tracemalloc
 
-from collectors.report import scan as scan_module
+from collectors.report import bundles
 from collectors.report.catalog import load
 from collectors.report.engine import build_report
-from collectors.report.scan import blocks, scan_bundle, scan_bundles
+from collectors.report.bundles import blocks
+from collectors.report.scan import scan_bundle, scan_bundles
 from tests.fixtures.bundles.builder import (
     GROUP,
     HOSTNAME,
@@ -28,7 +29,7 @@ def xid_hits(scan):
 
 
 def test_line_numbers_hold_across_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(scan_module, "BLOCK_BYTES", 64)  # many blocks, lines cut at every block edge
+    monkeypatch.setattr(bundles, "BLOCK_BYTES", 64)  # many blocks, lines cut at every block edge
     filler = "".join(f"Nov 22 10:00:{n % 60:02d} ip-10-1-4-1 kernel: line {n}\n" for n in range(500))
     files = changed_files(replace={"kern.log": filler + XID_79 + "\n" + filler + XID_79 + "\n"})
     result = scan_bundle(write_bundle(tmp_path, GROUP, INSTANCE_ID, files), load())
@@ -39,12 +40,12 @@ def test_line_numbers_hold_across_blocks(tmp_path, monkeypatch):
 
 def test_blocks_end_at_line_ends_and_keep_every_byte():
     text = b"".join(b"x" * (n % 97) + b"\n" for n in range(3000)) + b"no newline at the end"
-    original = scan_module.BLOCK_BYTES
+    original = bundles.BLOCK_BYTES
     try:
-        scan_module.BLOCK_BYTES = 1000
+        bundles.BLOCK_BYTES = 1000
         pieces = list(blocks(io.BytesIO(text)))
     finally:
-        scan_module.BLOCK_BYTES = original
+        bundles.BLOCK_BYTES = original
     assert b"".join(pieces) == text
     assert all(piece.endswith(b"\n") for piece in pieces[:-1])
 
@@ -71,7 +72,7 @@ def test_a_truncated_bundle_keeps_what_was_read_and_becomes_a_finding(tmp_path):
 
 
 def test_a_big_member_is_streamed_not_loaded(tmp_path, monkeypatch):
-    monkeypatch.setattr(scan_module, "BLOCK_BYTES", 256 * 1024)
+    monkeypatch.setattr(bundles, "BLOCK_BYTES", 256 * 1024)
     big = b"".join(b"Nov 22 10:00:00 ip-10-1-4-1 kernel: nothing to see here, line %d\n" % n for n in range(200_000))
     files = changed_files(replace={"kern.log": (big + XID_79.encode() + b"\n").decode()})
     bundle = write_bundle(tmp_path, GROUP, INSTANCE_ID, files)
@@ -89,7 +90,7 @@ def test_a_big_member_is_streamed_not_loaded(tmp_path, monkeypatch):
 
 def test_worker_processes_give_the_same_report_as_one_process(tmp_path):
     paths = []
-    for number in range(scan_module.PARALLEL_FROM + 2):
+    for number in range(bundles.PARALLEL_FROM + 2):
         hostname = f"ip-10-1-4-{number + 1}"
         extra = {"kern.log": f"{hostname} {XID_79}"} if number % 5 == 0 else None
         paths.append(write_bundle(tmp_path, GROUP, f"i-0a1b2c3d4e5f6{number:04d}",
@@ -112,7 +113,7 @@ def test_a_bundle_named_otherwise_is_still_read(tmp_path):
 
 
 def test_a_test_fed_only_the_lines_with_its_literal_still_names_the_right_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(scan_module, "BLOCK_BYTES", 64)  # lines cut at block edges too
+    monkeypatch.setattr(bundles, "BLOCK_BYTES", 64)  # lines cut at block edges too
     filler = "".join(f"Nov 22 10:00:{n % 60:02d} ip-10-1-4-1 kernel: line {n}\n" for n in range(300))
     failed = "Nov 22 10:01:02 ip-10-1-4-1 systemd[1]: kubelet.service: Failed with result 'exit-code'.\n"
     files = changed_files(replace={"syslog": filler + failed + filler})

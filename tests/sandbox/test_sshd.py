@@ -1,14 +1,15 @@
 """A real sshd per sandbox node, reached with the real ssh client and with Fabric.
 
 Each node's sshd listens on the node's own 127.10.x.y address and runs inside the node, so
-`hostname` over SSH is the node's. Host keys are the nodes' own: a known_hosts built from the status
-accepts them, and a wrong or missing one is refused when host keys are checked strictly.
+`hostname` over SSH is the node's. Host keys are the nodes' own, each as the status names it, so a
+known_hosts built from the status accepts them. How a client treats a wrong or unknown host key is
+OpenSSH's and paramiko's business; the SSH transport's handling of both is tested in
+tests/integration/test_ssh_transport.py.
 """
 
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -34,17 +35,16 @@ def reachable_nodes(status: dict) -> list[dict]:
     return status["nodes"][:-1]
 
 
-def ssh(status: dict, address: str, command: str, known_hosts: str | None = None,
-        strict: str = "yes") -> subprocess.CompletedProcess:
+def ssh(status: dict, address: str, command: str) -> subprocess.CompletedProcess:
     """The real OpenSSH client, with nothing from ~/.ssh: only the sandbox's key and known_hosts."""
     options = {
         "User": status["ssh"]["user"],
         "Port": str(status["ssh"]["port"]),
         "IdentityFile": status["ssh"]["key"],
         "IdentitiesOnly": "yes",
-        "UserKnownHostsFile": known_hosts or status["ssh"]["known_hosts"],
+        "UserKnownHostsFile": status["ssh"]["known_hosts"],
         "GlobalKnownHostsFile": "/dev/null",
-        "StrictHostKeyChecking": strict,
+        "StrictHostKeyChecking": "yes",
         "BatchMode": "yes",
         "ConnectTimeout": "10",
     }
@@ -52,12 +52,12 @@ def ssh(status: dict, address: str, command: str, known_hosts: str | None = None
     return subprocess.run(argv + [address, command], capture_output=True, text=True, timeout=30)
 
 
-def fabric_connection(status: dict, node: dict, **kwargs):
+def fabric_connection(status: dict, node: dict):
     from fabric import Connection
 
     connect_kwargs = {"key_filename": status["ssh"]["key"], "look_for_keys": False, "allow_agent": False}
     return Connection(node["ip"], user=status["ssh"]["user"], port=status["ssh"]["port"],
-                      connect_kwargs=connect_kwargs, connect_timeout=10, **kwargs)
+                      connect_kwargs=connect_kwargs, connect_timeout=10)
 
 
 def test_ssh_reaches_each_node_by_its_own_address(ssh_cluster):
@@ -78,7 +78,7 @@ def test_the_ssh_config_names_nodes_by_hostname_and_instance_id(ssh_cluster):
         assert result.returncode == 0 and result.stdout.strip() == node["hostname"], result.stderr
 
 
-def test_fabric_runs_on_every_node_at_once_and_quickly(ssh_cluster):
+def test_fabric_reaches_every_node_and_its_real_slurm(ssh_cluster):
     from fabric import ThreadingGroup
 
     _, status, _ = ssh_cluster
@@ -86,16 +86,12 @@ def test_fabric_runs_on_every_node_at_once_and_quickly(ssh_cluster):
     connect_kwargs = {"key_filename": status["ssh"]["key"], "look_for_keys": False, "allow_agent": False}
     group = ThreadingGroup(*[f"root@{node['ip']}:{status['ssh']['port']}" for node in nodes],
                            connect_kwargs=connect_kwargs, connect_timeout=10)
-    started = time.monotonic()
     try:
         results = group.run("hostname; sinfo --noheader --Node --format=%N | wc -l", hide=True, in_stream=False)
     finally:
         group.close()
-    took = time.monotonic() - started
     by_address = {connection.host: result.stdout.split() for connection, result in results.items()}
-    # The node's own minimal .bashrc, not the host's, runs for each command: seconds, not tens of seconds.
     assert by_address == {node["ip"]: [node["hostname"], str(len(status["nodes"]))] for node in nodes}
-    assert took < 15, f"{len(nodes)} nodes took {took:.1f} s"
 
 
 def test_fabric_copies_files_over_sftp(ssh_cluster, tmp_path):
@@ -127,46 +123,13 @@ def test_each_node_has_its_own_host_key_as_the_status_says(ssh_cluster):
     assert len(set(scanned.values())) == len(nodes)
 
 
-def test_a_wrong_host_key_is_refused_with_strict_checking(ssh_cluster, tmp_path):
-    _, status, _ = ssh_cluster
-    first, second = status["nodes"][:2]
-    # known_hosts claims that the first node has the second node's key.
-    wrong = tmp_path / "known_hosts"
-    second_key = status["ssh"]["nodes"][second["instance_id"]]["host_key"]
-    wrong.write_text(f"[{first['ip']}]:{status['ssh']['port']} {second_key}\n")
-    result = ssh(status, first["ip"], "hostname", known_hosts=str(wrong))
-    assert result.returncode == 255 and result.stdout == ""
-    assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in result.stderr
-    assert "Host key verification failed" in result.stderr
-
-
-def test_an_unknown_host_key_is_refused_with_strict_checking(ssh_cluster, tmp_path):
-    import paramiko
-
-    _, status, _ = ssh_cluster
-    node = status["nodes"][0]
-    empty = tmp_path / "known_hosts"
-    empty.touch()
-    result = ssh(status, node["ip"], "hostname", known_hosts=str(empty))
-    assert result.returncode == 255 and "Host key verification failed" in result.stderr
-    # Fabric (paramiko) with a reject policy refuses too.
-    with fabric_connection(status, node) as connection:
-        connection.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        with pytest.raises(paramiko.SSHException, match="not found in known_hosts"):
-            connection.open()
-
-
 def test_a_node_whose_sshd_is_stopped_refuses_connections(ssh_cluster):
-    from paramiko.ssh_exception import NoValidConnectionsError
-
     sandbox, status, _ = ssh_cluster
     node = status["nodes"][-1]
     assert ssh(status, node["ip"], "hostname").stdout.strip() == node["hostname"]
     assert stop_node_sshd(sandbox.root, node["instance_id"]) == []
     result = ssh(status, node["ip"], "hostname")
     assert result.returncode == 255 and "Connection refused" in result.stderr
-    with pytest.raises(NoValidConnectionsError):
-        fabric_connection(status, node).open()
     # The other nodes still answer.
     assert ssh(status, status["nodes"][0]["ip"], "hostname").returncode == 0
 

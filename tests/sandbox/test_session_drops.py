@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from collectors.sandbox.plugin import EARLY_DROP_WINDOW_S, session_faults
-from collectors.sandbox.scenario import NODE_FAULT_DEFAULTS, SCENARIO_FAULT_DEFAULTS
+from collectors.sandbox.faults import NODE_FAULT_DEFAULTS, SCENARIO_FAULT_DEFAULTS
 
 NODE = "i-0123456789abcdef0"
 

@@ -1,7 +1,7 @@
 """Every response the sandbox gives to the calls the tool makes matches botocore's service model.
 
 The raw JSON (SageMaker, SSM, CloudWatch Logs) and XML and headers (S3) are walked against each operation's output
-shape in botocore's service-2.json (tests/integration/api_shapes.py): a member the model does not
+shape in botocore's service-2.json (tests/sandbox/api_shapes.py): a member the model does not
 have, a value of the wrong type or outside an enum, a missing required member all fail. The sandbox's
 AWS alone is started (no nodes: no root needed).
 """
@@ -14,7 +14,7 @@ import pytest
 
 from collectors.cluster_api import log_group_name
 from collectors.sandbox import Sandbox, SandboxSpec, sandbox_client
-from tests.integration.api_shapes import capture_raw_responses, missing, problems
+from tests.sandbox.api_shapes import capture_raw_responses, missing, problems
 
 PART_SIZE = 5 * 1024 * 1024  # S3's smallest part but the last
 # What the real services send for a running cluster and what the tool reads (DESIGN.md, discover):

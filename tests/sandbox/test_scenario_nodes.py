@@ -6,7 +6,8 @@ import pytest
 
 from collectors.errors import SandboxError
 from collectors.sandbox import SandboxSpec
-from collectors.sandbox.scenario import check_fault_change, load_scenario
+from collectors.sandbox.faults import check_fault_change
+from collectors.sandbox.scenario import load_scenario
 
 
 def scenario(**extra) -> dict:

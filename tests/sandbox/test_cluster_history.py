@@ -13,7 +13,7 @@ import pytest
 from collectors.cluster_api import LIFECYCLE_STREAM, log_group_name, stream_name
 from collectors.errors import SandboxError
 from collectors.sandbox import Sandbox, SandboxSpec, sandbox_client
-from collectors.sandbox.control import SECURITY_GROUP_IDS, SUBNET_IDS, instance_group_request
+from collectors.sandbox.hyperpod import SECURITY_GROUP_IDS, SUBNET_IDS, instance_group_request
 
 SCENARIO = {
     "cluster": "hp-history", "type": "eks",

@@ -23,7 +23,7 @@ from collectors.errors import SandboxError
 from collectors.sandbox import GroupSpec, Sandbox, SandboxSpec, nodes, sandbox_client
 from collectors.sandbox.nodes import is_same_process, read_node_records, read_process_record
 from tests.conftest import require, require_namespaces
-from tests.integration.sandbox_sessions import (
+from tests.sandbox.sessions import (
     client,
     emu,
     end_session,
@@ -34,6 +34,12 @@ from tests.integration.sandbox_sessions import (
 
 PROJECT = Path(__file__).resolve().parents[2]
 NOBODY = 65534
+
+
+@pytest.fixture(scope="module")
+def eks_sandbox(sandbox_factory) -> tuple[Sandbox, dict, dict[str, str]]:
+    """An EKS-orchestrated sandbox: 4 nodes in 2 groups (ml.g5.8xlarge and ml.p5.48xlarge)."""
+    return sandbox_factory(SandboxSpec.simple(type="eks", nodes=4))
 
 
 def test_describe_cluster_reports_the_orchestrator_and_groups(eks_sandbox):
@@ -259,7 +265,7 @@ NORMAL_USER_SCRIPT = textwrap.dedent("""
     import json, os, subprocess, sys
     from pathlib import Path
     from collectors.sandbox import Sandbox, SandboxSpec
-    from tests.integration.sandbox_sessions import end_session, run_in_session, ssm_target, start_session
+    from tests.sandbox.sessions import end_session, run_in_session, ssm_target, start_session
 
     sandbox = Sandbox(Path(sys.argv[1]))
     report = {"uid": os.geteuid()}

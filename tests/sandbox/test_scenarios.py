@@ -20,9 +20,9 @@ import pytest
 
 from collectors.errors import SandboxError
 from collectors.sandbox import SandboxSpec
-from collectors.sandbox.scenario import PACKS
+from collectors.sandbox.packs import PACKS
 from tests.conftest import require_tool
-from tests.integration.sandbox_sessions import client, end_session, run_in_session, ssm_target, start_session
+from tests.sandbox.sessions import client, end_session, run_in_session, ssm_target, start_session
 
 PROJECT = Path(__file__).resolve().parents[2]
 SCENARIOS = PROJECT / "scenarios"

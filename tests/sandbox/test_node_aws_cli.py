@@ -17,7 +17,7 @@ import boto3
 import pytest
 
 from collectors.sandbox import SandboxSpec
-from tests.integration.sandbox_sessions import client
+from tests.sandbox.sessions import client
 
 PROJECT = Path(__file__).resolve().parents[2]
 

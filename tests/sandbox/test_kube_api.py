@@ -6,8 +6,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from collectors.sandbox import kube
-from collectors.sandbox.kube import HEALTH_LABEL, Clock, KubeApi
+from collectors.sandbox.kube.api import KubeApi
+from collectors.sandbox.kube.cluster import build_cluster
+from collectors.sandbox.kube.meta import Clock, human_duration
+from collectors.sandbox.kube.nodes import HEALTH_LABEL, node_is_ready
 
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
 
@@ -24,12 +26,12 @@ def sandbox_status(sick: bool) -> dict:
 
 @pytest.fixture(scope="module")
 def sick_api() -> KubeApi:
-    return KubeApi(kube.build_cluster(sandbox_status(sick=True), Clock(datetime.now(timezone.utc))))
+    return KubeApi(build_cluster(sandbox_status(sick=True), Clock(datetime.now(timezone.utc))))
 
 
 @pytest.fixture(scope="module")
 def healthy_api() -> KubeApi:
-    return KubeApi(kube.build_cluster(sandbox_status(sick=False), Clock(datetime.now(timezone.utc))))
+    return KubeApi(build_cluster(sandbox_status(sick=False), Clock(datetime.now(timezone.utc))))
 
 
 def items(api: KubeApi, path: str, **params: str) -> list[dict]:
@@ -42,7 +44,7 @@ def test_nodes_are_hyperpod_nodes_with_the_scenario_labels_and_readiness(sick_ap
     nodes = {n["metadata"]["name"]: n for n in items(sick_api, "/api/v1/nodes")}
     sick = nodes["hyperpod-i-00000000000000002"]
     assert sick["metadata"]["labels"][HEALTH_LABEL] == "UnschedulablePendingReboot"
-    assert sick["spec"]["unschedulable"] is True and not kube.node_is_ready(sick)
+    assert sick["spec"]["unschedulable"] is True and not node_is_ready(sick)
     healthy = nodes["hyperpod-i-00000000000000001"]
     assert healthy["metadata"]["labels"][HEALTH_LABEL] == "Schedulable"
     assert healthy["metadata"]["labels"]["sagemaker.amazonaws.com/deep-health-check-status"] == "Passed"
@@ -141,7 +143,7 @@ def test_hyperpod_status_sets_the_label_defaults_and_pending_nodes_have_not_join
     for node, hyperpod in zip(status["nodes"], ["Pending", "DeepHealthCheckInProgress", "Failure", "Running"]):
         node["scenario"] = {"status": hyperpod}
     status["nodes"][2]["scenario"]["kubernetes"] = {"labels": {"sagemaker.amazonaws.com/fault-type": "GpuFault"}}
-    api = KubeApi(kube.build_cluster(status, Clock(datetime.now(timezone.utc))))
+    api = KubeApi(build_cluster(status, Clock(datetime.now(timezone.utc))))
     nodes = {n["metadata"]["name"]: n for n in items(api, "/api/v1/nodes")}
     assert "hyperpod-i-00000000000000000" not in nodes
     in_check = nodes["hyperpod-i-00000000000000001"]
@@ -158,4 +160,4 @@ def test_hyperpod_status_sets_the_label_defaults_and_pending_nodes_have_not_join
 @pytest.mark.parametrize("seconds, text", [(5, "5s"), (125, "2m5s"), (600, "10m"), (3 * 3600 + 60, "3h1m"),
                                            (30 * 3600, "30h"), (3 * 86400 + 3600, "3d1h"), (20 * 86400, "20d")])
 def test_ages_read_like_kubectls(seconds, text):
-    assert kube.human_duration(seconds) == text
+    assert human_duration(seconds) == text
