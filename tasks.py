@@ -17,7 +17,11 @@ PROJECT_DIR = Path(__file__).resolve().parent
 
 @task(help={"args": "extra pytest arguments, e.g. \"-k discover -x\""})
 def test(ctx, args=""):
-    """Run the whole test suite (unit, bash, integration against the sandbox)."""
+    """Run the whole test suite (unit, bash, integration against the sandbox); as root on Debian or Ubuntu
+    it first installs the Debian packages the tests need (tests/machine.py)."""
+    from tests import machine
+
+    machine.ensure()
     result = subprocess.run([sys.executable, "-m", "pytest", *shlex.split(args)], cwd=PROJECT_DIR)
     if result.returncode:
         raise Exit(code=result.returncode)

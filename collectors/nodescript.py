@@ -18,7 +18,9 @@ from typing import Any
 
 from collectors.settings import KEYS_BY_PATH, SHA256_RE, SINCE_RE
 
-BASH_DIR: Path = Path(__file__).resolve().parent.parent / "bash"
+# The node script's parts: the checkout's bash/ (collectors/bash links to it), shipped inside the
+# package when installed, so that an installed command needs no checkout.
+BASH_DIR: Path = Path(__file__).resolve().parent / "bash"
 
 _CLUSTER_PARTS = {"eks": "eks.sh", "slurm": "slurm.sh"}
 _COMMON_PARTS = ("lib.sh", "redact.sh", "common.sh")

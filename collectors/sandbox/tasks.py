@@ -12,7 +12,7 @@ from invoke import Collection, task
 
 from collectors import console, pipeline
 from collectors.errors import UsageError
-from collectors.sandbox import Sandbox, SandboxSpec, default_root
+from collectors.sandbox import Sandbox, SandboxSpec, default_root, machine
 from collectors.tasks import reports_errors, settings_of
 
 SANDBOX_HELP = {
@@ -27,14 +27,24 @@ def sandbox_of(ctx) -> Sandbox:
     return Sandbox(Path(root) if root else default_root())
 
 
-@task(help=SANDBOX_HELP)
+# No short flags: -n would mean a node count here and nothing (or a node filter) elsewhere.
+@task(help=SANDBOX_HELP, auto_shortflags=False)
 @reports_errors
 def up(ctx, type=None, nodes=None, scenario=None):
     """Start a local emulated HyperPod cluster (AWS APIs, nodes, sessions) on loopback."""
     status = sandbox_of(ctx).up(sandbox_spec(type, nodes, scenario))
     console.log(f"sandbox up: {status['type']} cluster {status['cluster']} with {len(status['nodes'])} nodes, "
                 f"S3 path {status['s3_path']}")
+    say_what_does_not_run(status)
     console.log('point your shell at it with: eval "$(invoke sandbox.env)"')
+
+
+def say_what_does_not_run(status: dict[str, Any]) -> None:
+    """A Slurm sandbox without real Slurm or sshd (not installed, too many nodes) says so at once."""
+    for name, what in (("slurm", "real Slurm"), ("ssh", "sshd on the nodes")):
+        service = status.get(name)
+        if service and not service.get("running"):
+            console.log(f"sandbox: no {what}: {service.get('reason') or 'not started'}")
 
 
 @task
@@ -45,7 +55,7 @@ def down(ctx):
     console.log("sandbox down")
 
 
-@task(help={"json": "print the full status as JSON"}, name="status")
+@task(help={"json": "print the full status as JSON"}, name="status", auto_shortflags=False)
 @reports_errors
 def show_status(ctx, json=False):
     """Show the sandbox: cluster, type, S3 path, endpoint and nodes."""
@@ -69,14 +79,17 @@ def env(ctx):
         console.out(f"export {name}={shlex.quote(value)}")
 
 
-@task(help={**SANDBOX_HELP, "keep": "leave the sandbox running afterwards (take it down with `invoke sandbox.down`)"})
+@task(help={**SANDBOX_HELP, "keep": "leave the sandbox running afterwards (take it down with `invoke sandbox.down`)"},
+      auto_shortflags=False)
 @reports_errors
 def demo(ctx, type=None, nodes=None, scenario=None, keep=False):
     """The whole job on a local emulated HyperPod: sandbox up, collect, download, summary, sandbox down."""
     sandbox = sandbox_of(ctx)
     if sandbox.is_up():
         raise UsageError("a sandbox is already up: take it down with `invoke sandbox.down`, or use it directly")
+    machine.ensure(machine.SANDBOX_PACKAGES, "demo")  # on a fresh Debian machine as root, nothing else to do
     status = sandbox.up(sandbox_spec(type, nodes, scenario))
+    say_what_does_not_run(status)
     try:
         return demo_collect(ctx, sandbox, status)
     finally:

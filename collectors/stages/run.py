@@ -58,7 +58,8 @@ def execute(ctx: StageContext) -> int:
     skip_unhealthy(nodes)
     runnable = [n for n in nodes if n["status"] != SKIPPED]
     if not runnable:
-        console.log("run: nothing to do (every selected node already ended; use --retry-failed to retry failures)")
+        console.log("run: nothing to retry: every selected node was collected" if ctx.options.get("retry_failed") else
+                    "run: nothing to do (every selected node already ended; use --retry-failed to retry failures)")
         state.mark_stage("run", "done")
         return EXIT_OK
     collector = NodeCollector(ctx, runnable)
@@ -130,7 +131,7 @@ class NodeCollector:
         self.script_key = self.state.data["stages"]["upload"]["script_key"]
         self.transport = self.make_transport()
         self.rate = AdaptiveRate(ctx.settings.session.rate)
-        self.progress = Progress(len(nodes), quiet=bool(ctx.options.get("quiet")),
+        self.progress = Progress(len(nodes), quiet=bool(ctx.options.get("quiet")), rate=ctx.settings.session.rate,
                                  as_json=bool(ctx.options.get("json")))
         self.seen_status: dict[str, str] = {}
         # Nodes whose current launch found an earlier one still running (the poll thread's own).
@@ -149,7 +150,7 @@ class NodeCollector:
         for iid, node in self.nodes.items():
             if self.detached and node.get("status") == RUNNING and node.get("launched_epoch"):
                 waiting[iid] = self.deadline_from_epoch(node["launched_epoch"])
-                self.progress.launched()
+                self.progress.launched(node)
             elif not self.take_earlier_launch(node, earlier.get(iid), waiting):
                 self.reset(node)
                 to_launch.append(iid)
@@ -206,7 +207,7 @@ class NodeCollector:
         self.reset(node)
         node.update(status=RUNNING, launch_id=report["launch_id"], launched_epoch=started)
         waiting[node["instance_id"]] = self.deadline_from_epoch(started)
-        self.progress.launched()
+        self.progress.launched(node)
         return True
 
     def prepare(self, iid: str, attempt: int) -> None:
@@ -360,7 +361,7 @@ class NodeCollector:
         node = self.nodes[iid]
         node.update({k: v for k, v in outcome.items() if k != "deadline"}, status=RUNNING)
         node["started"] = node.get("started") or outcome["launched"]
-        self.progress.launched()
+        self.progress.launched(node)
         self.save_soon()
 
     def on_final(self, iid: str, outcome: dict[str, Any]) -> None:

