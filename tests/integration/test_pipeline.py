@@ -6,6 +6,7 @@ namespaced nodes running real bash, real curl uploads to presigned URLs.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -131,6 +132,10 @@ def test_node_names_from_stdin_chain_stages(cluster, tmp_path):
     (["collect", "--s3-path", "s3://hyperpod-sandbox-reports/a/../b"], "has an empty, '.' or '..' segment"),
     (["collect", "--s3-path", "s3://hyperpod-sandbox-reports/./b"], "has an empty, '.' or '..' segment"),
     (["collect", "--s3-path", "s3://no-such-bucket-here/x"], "bucket no-such-bucket-here does not exist"),
+    # An empty node filter never selects the whole fleet (before: every node, exit 0).
+    (["collect", "--nodes", ""], "--nodes selects nothing (it names nothing)"),
+    (["discover", "--nodes", ","], "--nodes selects nothing (it names nothing)"),
+    (["collect", "--instance-groups", ""], "--instance-groups selects nothing"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cluster, tmp_path, args, message):
     sandbox, status, env = cluster
@@ -286,3 +291,67 @@ def test_collect_with_a_run_id_continues_the_run_from_its_first_unfinished_stage
     assert state["run_id"] == run_id and state["nodes"][node]["status"] == "ok"
     assert {name for name, stage in state["stages"].items() if stage["status"] == "done"} >= {
         "discover", "render", "upload", "run", "summarize"}
+
+
+def test_real_world_secret_forms_planted_on_a_node_leave_no_trace_and_look_alikes_survive(cluster, tmp_path):
+    """Every case of the redaction catalogue's fixtures (tests/fixtures/redaction/, each shape taken from
+    public bug reports and rule sets) planted in a node's syslog: after a collection, none of the secrets is
+    in the downloaded tarball, the S3 objects or any run file, and every look-alike is there unchanged."""
+    from tests.bash.test_redact import load_cases
+
+    sandbox, status, env = cluster
+    node = status["nodes"][0]
+    cases = load_cases()
+    secrets = [case for case in cases if case.kind == "redact"]
+    survivors = [case.line for case in cases if case.kind == "keep"]
+    syslog = sandbox.root / "nodes" / node["instance_id"] / "varlog" / "syslog"
+    original = syslog.read_bytes()
+    syslog.write_bytes(original + "".join(f"{case.line}\n" for case in secrets + [c for c in cases
+                                                                                if c.kind == "keep"]).encode())
+    try:
+        result = invoke(env, tmp_path, "collect", "--nodes", node["instance_id"], "--no-download")
+        assert result.returncode == 0, result.stderr
+        assert invoke(env, tmp_path, "download").returncode == 0
+    finally:
+        syslog.write_bytes(original)
+    run_dir = tmp_path / status["cluster"] / "latest"
+    shipped = tar_members(next((run_dir / "results").glob("*.tar.gz")))["syslog"].decode()
+    # What each secret line became, and what of it must be gone: the part the catalogue replaces.
+    for case in secrets:
+        assert case.line not in shipped, case.where
+        assert case.into in shipped, case.where
+    assert all(line in shipped for line in survivors)
+    gone = {case.line for case in secrets} - {case.into for case in secrets}
+    s3 = s3_client(env)
+    prefix = latest_state(tmp_path, status["cluster"])["s3"]["run_prefix"]
+    objects = [s3.get_object(Bucket=status["bucket"], Key=o["Key"])["Body"].read()
+               for o in s3.list_objects_v2(Bucket=status["bucket"], Prefix=prefix)["Contents"]]
+    run_files = [p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and not p.name.endswith(".tar.gz")]
+    texts = [gzip.decompress(o).decode(errors="replace") if o[:2] == b"\x1f\x8b" else o.decode(errors="replace")
+             for o in objects + run_files]
+    leaked = [case.where for case in secrets if case.line in gone and any(case.line in text for text in texts)]
+    assert leaked == []
+
+
+def test_an_empty_list_of_nodes_from_a_pipeline_touches_no_node(cluster, tmp_path):
+    sandbox, status, env = cluster
+    assert invoke(env, tmp_path, "collect", "--nodes", status["nodes"][0]["instance_id"], "--no-download").returncode == 0
+    before = latest_state(tmp_path, status["cluster"])
+    # What the README's pipeline hands on when nothing failed: nothing to retry, exit 0.
+    nothing = invoke(env, tmp_path, "run", "--nodes", "-", "--retry-failed", stdin="")
+    assert nothing.returncode == 0 and "nothing to retry" in nothing.stderr, nothing.stderr
+    assert latest_state(tmp_path, status["cluster"])["nodes"] == before["nodes"]
+    empty = invoke(env, tmp_path, "run", "--nodes", "-", stdin="# no names\n")
+    assert empty.returncode == 2 and "standard input held no names" in empty.stderr
+
+
+def test_a_runs_folder_that_is_a_file_is_one_line_and_exit_2(cluster, tmp_path):
+    sandbox, status, env = cluster
+    runs = tmp_path / "runs"
+    runs.write_text("")
+    for args in (("discover",), ("run",), ("report",)):
+        full_env = dict(os.environ, **env, INVOKE_HYPERPOD_RUNS_DIR=str(runs))
+        result = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=PROJECT, env=full_env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and TRACEBACK not in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
